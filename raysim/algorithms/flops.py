@@ -1,0 +1,180 @@
+"""FLoPS: federated SGD with an L0 density constraint via probabilistic gates.
+
+Source: Huthasana, Olama, Lundell, "Federated Learning With L0 Constraint Via Probabilistic
+Gates For Sparsity", arXiv 2512.23071; entropy term from "Entropy-Regularized Probabilistic
+Gates for Sparse Model Discovery in Scarce-Data Federated Learning", arXiv 2607.00275.
+
+One communication step (ALGORITHMS.md section 2):
+
+* clients draw a mini-batch and their own gate noise and return the gradients of their
+  mini-batch loss at ``theta_tilde * z`` with respect to ``theta_tilde`` and ``phi``;
+* the server averages them (weights n_k / sum n or uniform), takes the primal step
+  ``theta -= eta_theta g_theta``, ``phi -= eta_phi (g_phi + lambda dD/dphi - tau_t dH/dphi)``,
+  the dual step ``lambda = max(0, lambda + eta_lambda (D(phi) - rho))`` with the restart
+  ``lambda = 0`` whenever ``D(phi) <= rho``;
+* from ``prune_start`` on, the gate scaling of section 3 keeps the deployed model at
+  m = floor(rho p) non-zeros or fewer.
+
+The entropy schedule tau_t (section 4) is zero for plain FLoPS (``tau0 = 0``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from raysim import gates
+from raysim import rng as rngmod
+from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights,
+                                    minibatch)
+from raysim.metrics import tensor_bytes
+
+
+def tau_at(step: int, tau0: float, t_end: int, schedule: str) -> float:
+    """Entropy strength tau_t (section 4): linear, constant-then-0 or cosine decay to t_end."""
+    if tau0 <= 0 or t_end <= 0 or step >= t_end:
+        return 0.0
+    frac = step / t_end
+    if schedule == "linear":
+        return tau0 * (1.0 - frac)
+    if schedule == "constant":
+        return tau0
+    return tau0 * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+class _Adam:
+    """Plain Adam on a dict of tensors, state kept explicitly in the algorithm state."""
+
+    b1, b2, eps = 0.9, 0.999, 1e-8
+
+    @classmethod
+    def init(cls, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        st = {f"m_{k}": torch.zeros_like(v) for k, v in params.items()}
+        st.update({f"v_{k}": torch.zeros_like(v) for k, v in params.items()})
+        return st
+
+    @classmethod
+    def direction(cls, st: dict[str, torch.Tensor], k: str, g: torch.Tensor, t: int) -> torch.Tensor:
+        st[f"m_{k}"] = cls.b1 * st[f"m_{k}"] + (1 - cls.b1) * g
+        st[f"v_{k}"] = cls.b2 * st[f"v_{k}"] + (1 - cls.b2) * g * g
+        mh = st[f"m_{k}"] / (1 - cls.b1 ** t)
+        vh = st[f"v_{k}"] / (1 - cls.b2 ** t)
+        return mh / (vh.sqrt() + cls.eps)
+
+
+class FLoPS(Algorithm):
+    """FLoPS (and FLoPS with entropy-regularised gates when ``tau0 > 0``)."""
+
+    name = "flops"
+    per_step = True
+
+    def __init__(self, cfg: Any, model, schedule):
+        super().__init__(cfg, model, schedule)
+        self.gp = gates.GateParams(gamma=cfg.gamma, zeta=cfg.zeta, beta=cfg.beta)
+        self.eta_lambda = cfg.eta_lambda if cfg.eta_lambda is not None else 1.0 / model.p
+
+    # -- state ---------------------------------------------------------------------------
+    def init_state(self, seed: int) -> State:
+        g = rngmod.generator(seed, "init")
+        theta = self.model.init_params(g).float()
+        phi = gates.init_phi(self.model.p, self.cfg.rho_init, rngmod.generator(seed, "init-gates"))
+        state: State = {"theta": theta, "phi": phi, "lam": 0.0, "t": 0,
+                        "active": None}
+        if self.cfg.optimizer == "adam":
+            state["opt"] = _Adam.init({"theta": theta, "phi": phi})
+        return state
+
+    def broadcast(self, state: State) -> dict[str, Any]:
+        return {"theta": state["theta"].numpy(), "phi": state["phi"].numpy()}
+
+    # -- client --------------------------------------------------------------------------
+    def client_update(self, payload, data, idx, ctx: StepContext, work=None) -> Partial:
+        t0 = time.perf_counter()
+        model, p = self.model, self.model.p
+        dev = data.x.device
+        theta = torch.as_tensor(payload["theta"], device=dev)
+        phi = torch.as_tensor(payload["phi"], device=dev)
+        ids = data.ids[idx.cpu().numpy()]
+        k = ids.size
+        xb, yb, mask = minibatch(data, idx, ctx.seed, ctx.step, self.cfg.batch_size)
+        u = torch.from_numpy(rngmod.uniform(ctx.seed, "gate-noise", ids, ctx.step, p, eps=self.gp.eps))
+        u = u.to(device=dev, dtype=theta.dtype)
+        # Per-client copies so autograd returns per-client gradients; they are summed in float64
+        # below, which makes the result independent of how clients are grouped into actors.
+        th = theta.expand(k, -1).clone().requires_grad_(True)
+        ph = phi.expand(k, -1).clone().requires_grad_(True)
+        z = gates.sample(ph, u, self.gp)
+        w = torch.cat([th[:, :p] * z, th[:, p:]], dim=1)
+        loss = model.client_loss(w, xb, yb, mask)
+        n = data.n[idx]
+        c = client_weights(n, self.cfg.weighting).to(dev)
+        g_th, g_ph = torch.autograd.grad((c * loss).sum(), [th, ph])
+        return Partial(
+            sums={"theta": g_th.double().sum(0).cpu().numpy(), "phi": g_ph.double().sum(0).cpu().numpy()},
+            weight=float(c.double().sum()), client_ids=ids, client_loss=loss.detach().cpu().numpy(),
+            client_n=n.cpu().numpy(), client_steps=np.ones(k), compute_s=time.perf_counter() - t0)
+
+    # -- server --------------------------------------------------------------------------
+    def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:
+        cfg, p = self.cfg, self.model.p
+        theta, phi, lam = state["theta"], state["phi"], float(state["lam"])
+        t = ctx.step
+        tau = tau_at(t, cfg.tau0, ctx.schedule.tau_end, cfg.tau_schedule)
+        if agg.weight > 0:
+            g_th = agg.mean["theta"]
+            g_ph = agg.mean["phi"] + lam * gates.density_grad(phi, self.gp)
+            if tau > 0:
+                g_ph = g_ph - tau * gates.entropy_grad(phi, self.gp)
+            if cfg.optimizer == "adam":
+                n_upd = int(state.get("n_upd", 0)) + 1
+                state["n_upd"] = n_upd
+                g_th = _Adam.direction(state["opt"], "theta", g_th, n_upd)
+                g_ph = _Adam.direction(state["opt"], "phi", g_ph, n_upd)
+            theta = theta - cfg.eta_theta * g_th
+            phi = (phi - cfg.eta_phi * g_ph).clamp(-gates.PHI_LIMIT, gates.PHI_LIMIT)
+        # dual step with restart (section 2, step 6)
+        c = float(gates.expected_density(phi.double(), self.gp)) - cfg.rho
+        lam = 0.0 if c <= 0 else max(0.0, lam + self.eta_lambda * c)
+        active = state.get("active")
+        if t >= ctx.schedule.prune_start:
+            active = gates.top_m(phi, theta[:p], self.m, self.gp)
+            phi = gates.scale(phi, active, cfg.gate_decay, self.gp)
+        state.update(theta=theta, phi=phi, lam=lam, t=t + 1, active=active, tau=tau)
+        return state
+
+    def deployed(self, state: State, final: bool = False) -> torch.Tensor:
+        """theta_tilde * zhat, restricted to the active set T after prune_start (section 3).
+
+        With ``final=True`` the top-m restriction is applied even if pruning never started, so
+        an exported model always has at most m non-zeros.
+        """
+        p = self.model.p
+        theta, phi = state["theta"], state["phi"]
+        out = theta.clone()
+        out[:p] = theta[:p] * gates.deterministic(phi, self.gp)
+        active = state.get("active")
+        if active is None and final:
+            active = gates.top_m(phi, theta[:p], self.m, self.gp)
+        if active is not None:
+            out[:p] = torch.where(active, out[:p], torch.zeros_like(out[:p]))
+        return out
+
+    def comm_bytes(self, state: State, n_selected: int, n_reported: int) -> tuple[int, int]:
+        P, p = self.model.P, self.model.p
+        down = tensor_bytes(P) + tensor_bytes(p)              # theta_tilde and phi
+        up = tensor_bytes(P) + tensor_bytes(p) + 4            # two gradients and n_k
+        return n_selected * down, n_reported * up
+
+    def state_metrics(self, state: State) -> dict[str, float]:
+        phi = state["phi"].double()
+        return {"expected_density": float(gates.expected_density(phi, self.gp)),
+                "lambda": float(state["lam"]),
+                "mean_entropy": float(gates.entropy(phi, self.gp)) / self.model.p,
+                "tau": float(state.get("tau", 0.0))}
+
+    def gate_probs(self, state: State) -> torch.Tensor:
+        return gates.prob_nonzero(state["phi"].double(), self.gp)

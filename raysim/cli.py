@@ -1,0 +1,151 @@
+"""The ``raysim`` command line.
+
+    raysim run [CONFIG.toml] [--set key=value ...]     one experiment (default scenario without a file)
+    raysim report RUN_DIR                              re-draw plots and print the summary of a run
+    raysim config [CONFIG.toml] [--set ...] [--doc]    print the resolved config, or every key documented
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from raysim.config import Config, ConfigError, load_config
+
+Command = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
+
+
+def command(name: str, help_text: str):
+    """Register a sub-command: the decorated function adds arguments; returns the runner."""
+    def deco(add_args):
+        def wrap(run_fn: Command):
+            COMMANDS[name] = (add_args, run_fn, help_text)
+            return run_fn
+        return wrap
+    return deco
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="TOML config file (default: the built-in default scenario)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set algorithm.rho=0.1 (repeatable)")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>-<timestamp>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+
+
+@command("run", "run one federated experiment")(_run_args)
+def cmd_run(args: argparse.Namespace) -> int:
+    from raysim.runner import run
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"run.run_dir={json.dumps(args.out)}")
+    if args.no_progress:
+        overrides.append("run.progress=false")
+    cfg = load_config(args.config, overrides)
+    res = run(cfg)
+    if not cfg.run.progress:
+        print(res.run_dir)
+    return 0
+
+
+# -- report ------------------------------------------------------------------------------------
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a run directory written by `raysim run`")
+
+
+@command("report", "re-draw the plots and print the summary of a run directory")(_report_args)
+def cmd_report(args: argparse.Namespace) -> int:
+    from raysim.report import plot_run
+    from raysim.runner import print_summary
+
+    d = Path(args.run_dir)
+    if not (d / "metrics.csv").exists():
+        raise ConfigError(f"{d} is not a run directory (no metrics.csv); give the folder `raysim run` printed")
+    paths = plot_run(d)
+    summary_path = d / "summary.json"
+    if summary_path.exists():
+        print_summary(json.loads(summary_path.read_text()), d)
+    for p in paths:
+        print(p)
+    return 0
+
+
+# -- config ------------------------------------------------------------------------------------
+
+def _cfg_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--doc", action="store_true", help="list every key with its default and meaning")
+
+
+@command("config", "print the resolved configuration (or document every key)")(_cfg_args)
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.doc:
+        print(config_doc())
+        return 0
+    import tomli_w
+
+    print(tomli_w.dumps(_load(args).to_toml_dict()))
+    return 0
+
+
+def config_doc() -> str:
+    lines = ["# raysim configuration keys (section.key = default  # meaning)", ""]
+    for sec_name, f in Config.model_fields.items():
+        model = f.annotation
+        lines.append(f"[{sec_name}]  # {(model.__doc__ or '').strip().splitlines()[0]}")
+        for key, kf in model.model_fields.items():  # type: ignore[union-attr]
+            ann = kf.annotation
+            allowed = ""
+            args = getattr(ann, "__args__", None)
+            if getattr(ann, "__origin__", None) is not None and args and all(isinstance(a, str) for a in args):
+                allowed = f" (one of: {', '.join(args)})"
+            lines.append(f"{key} = {kf.default!r}  # {kf.description or ''}{allowed}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysim", description="Ray-based simulation of sparse federated learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"raysim: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"raysim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raysim: interrupted; rows already written stay in the run directory", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Ray actors: thin wrappers around :class:`~raysim.engine.ClientCohort` and
+:class:`~raysim.engine.ServerCore`. All Ray code of raysim lives in this package."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import ray
+
+from raysim.config import Config
+
+
+def _setup_process(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+def _device(cfg: Config) -> str:
+    import torch
+
+    if cfg.cluster.num_gpus > 0 and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+@ray.remote
+class ClientActor:
+    """Hosts a cohort of virtual clients; their data stays here for the whole run."""
+
+    def __init__(self, cfg: Config, client_ids: np.ndarray):
+        _setup_process(cfg.cluster.torch_threads)
+        from raysim.engine import ClientCohort
+
+        self.cohort = ClientCohort(cfg, client_ids, device=_device(cfg))
+
+    def ready(self) -> dict[str, Any]:
+        return {**self.cohort.info(), "pid": os.getpid(), "device": str(self.cohort.device)}
+
+    def train(self, step: int, payload: dict[str, Any], client_ids: np.ndarray, work: np.ndarray):
+        return self.cohort.train(step, payload, client_ids, work)
+
+    def evaluate(self, theta: np.ndarray):
+        return self.cohort.evaluate(theta)
+
+
+@ray.remote
+class ServerActor:
+    """Owns the global state, aggregates the cohorts' partial sums and enforces the density."""
+
+    def __init__(self, cfg: Config):
+        _setup_process(cfg.cluster.torch_threads)
+        from raysim.engine import ServerCore
+
+        self.core = ServerCore(cfg)
+
+    def ready(self) -> dict[str, Any]:
+        sch = self.core.comp.schedule
+        return {"pid": os.getpid(), "p": self.core.comp.model.p, "P": self.core.comp.model.P,
+                "m": self.core.comp.algo.m, "total_steps": sch.total_steps,
+                "steps_per_round": sch.steps_per_round, "prune_start": sch.prune_start,
+                "federation": self.core.comp.fed.stats()}
+
+    def payload(self) -> dict[str, Any]:
+        return self.core.payload()
+
+    def apply(self, step: int, n_selected: int, *partials) -> dict[str, Any]:
+        return self.core.apply(step, n_selected, list(partials))
+
+    def end_round(self) -> dict[str, Any]:
+        return self.core.end_round()
+
+    def evaluate(self, final: bool = False) -> dict[str, Any]:
+        return self.core.evaluate(final)
+
+    def deployed(self, final: bool = False) -> np.ndarray:
+        return self.core.deployed(final)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.core.state_dict()
+
+    def load_state_dict(self, sd: dict[str, Any]) -> int:
+        self.core.load_state_dict(sd)
+        return self.core.step

@@ -1,0 +1,135 @@
+"""The round driver: starts (or joins) Ray, places the actors and runs the steps.
+
+The driver samples participants, dispatches each step to the actors that hold them and
+hands the actors' partial sums to the server, all by object reference: the steps of a round
+are submitted as one pipelined chain (the server's returned broadcast is the next step's
+input) and the driver waits once per round. It never touches client data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import numpy as np
+import ray
+
+from raysim.cluster.actors import ClientActor, ServerActor
+from raysim.config import Config, ConfigError
+from raysim.data.participation import build_participation
+from raysim.engine import fairness_from_scores
+
+
+def assign_clients(n_clients: int, n_actors: int) -> list[np.ndarray]:
+    """Contiguous, equal-size blocks of client ids, one per actor."""
+    n_actors = max(1, min(n_actors, n_clients))
+    return [b for b in np.array_split(np.arange(n_clients, dtype=np.int64), n_actors) if b.size]
+
+
+def init_ray(cfg: Config) -> bool:
+    """Join ``cluster.address`` / ``RAY_ADDRESS`` if given, else start a local Ray instance.
+
+    Returns True when this call started Ray (and the caller should shut it down).
+    """
+    if ray.is_initialized():
+        return False
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True,
+                              "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        need = cfg.cluster.server_num_cpus + cfg.n_actors() * cfg.cluster.num_cpus
+        # Logical CPUs: a local simulation may oversubscribe the cores (actors mostly wait).
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, **kwargs)
+    return True
+
+
+def check_resources(cfg: Config) -> None:
+    """Fail early, with the fix, when the actors cannot all be placed (no silent hang)."""
+    res = ray.cluster_resources()
+    n = cfg.n_actors()
+    need_cpu = cfg.cluster.server_num_cpus + n * cfg.cluster.num_cpus
+    have_cpu = float(res.get("CPU", 0.0))
+    if need_cpu > have_cpu + 1e-9:
+        raise ConfigError(
+            f"the run needs {need_cpu:g} CPUs ({n} client actors x cluster.num_cpus = {cfg.cluster.num_cpus:g} "
+            f"+ cluster.server_num_cpus = {cfg.cluster.server_num_cpus:g}) but the Ray cluster has {have_cpu:g}; "
+            "lower cluster.num_cpus, or use fewer actors (cluster.num_actors / cluster.clients_per_actor)")
+    need_gpu = n * cfg.cluster.num_gpus
+    have_gpu = float(res.get("GPU", 0.0))
+    if need_gpu > have_gpu + 1e-9:
+        raise ConfigError(
+            f"the run needs {need_gpu:g} GPUs ({n} client actors x cluster.num_gpus = {cfg.cluster.num_gpus:g}) "
+            f"but the Ray cluster has {have_gpu:g}; set cluster.num_gpus = 0 for CPU, or a smaller fraction")
+
+
+class RaySimulation:
+    """One run on Ray: a server actor, client actors, and the per-round driver loop."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        check_resources(cfg)
+        cl = cfg.cluster
+        self.server = ServerActor.options(num_cpus=cl.server_num_cpus).remote(cfg)
+        self.blocks = assign_clients(cfg.data.n_clients, cfg.n_actors())
+        self.actors = [ClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus).remote(cfg, b)
+                       for b in self.blocks]
+        self.owner = np.empty(cfg.data.n_clients, dtype=np.int64)
+        for a, b in enumerate(self.blocks):
+            self.owner[b] = a
+        self.info = ray.get(self.server.ready.remote())
+        self.actor_info = ray.get([a.ready.remote() for a in self.actors])
+        self.participation = build_participation(cfg.participation, cfg.data.n_clients, cfg.run.seed)
+        self.steps_per_round = self.info["steps_per_round"]
+        self.total_steps = self.info["total_steps"]
+        self.step = 0
+        self._payload = self.server.payload.remote()
+
+    @property
+    def total_rounds(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_round)
+
+    def _dispatch(self, step: int) -> None:
+        sel = self.participation.select(step)
+        rep = sel.reporting
+        work = sel.work[sel.reported]
+        owner = self.owner[rep]
+        parts = []
+        for a in np.unique(owner):
+            m = owner == a
+            parts.append(self.actors[a].train.remote(step, self._payload, rep[m], work[m]))
+        self._payload = self.server.apply.remote(step, sel.n_selected, *parts)
+
+    def run_round(self) -> dict[str, Any]:
+        """Submit one round of steps, wait for it, and return its server-side statistics."""
+        t0 = time.perf_counter()
+        end = min(self.step + self.steps_per_round, self.total_steps)
+        for step in range(self.step, end):
+            self._dispatch(step)
+        row = ray.get(self.server.end_round.remote())
+        self.step = end
+        row["round"] = math.ceil(end / self.steps_per_round)
+        row["round_s"] = time.perf_counter() - t0
+        return row
+
+    def evaluate(self, final: bool = False) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        metrics_ref = self.server.evaluate.remote(final)
+        theta_ref = self.server.deployed.remote(final)
+        scores = ray.get([a.evaluate.remote(theta_ref) for a in self.actors])
+        out = ray.get(metrics_ref)
+        out.update(fairness_from_scores(scores))
+        out["evaluation_s"] = time.perf_counter() - t0
+        return out
+
+    def deployed(self, final: bool = True) -> np.ndarray:
+        return ray.get(self.server.deployed.remote(final))
+
+    def close(self) -> None:
+        for a in self.actors:
+            ray.kill(a)
+        ray.kill(self.server)

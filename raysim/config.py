@@ -1,0 +1,260 @@
+"""Typed, validated configuration: a TOML file plus ``--set key=value`` overrides.
+
+Every section is a strict pydantic model: an unknown key, a value out of range or a value
+not among the allowed ones is reported with its dotted name and what to do about it
+(:class:`ConfigError`), never as a traceback from deep inside a run.
+
+With no file, :func:`load_config` gives the built-in default scenario: synthetic linear
+regression, p = 1000, rho_true = rho = 0.05, 100 clients x 50 samples, SNR 20, rho_cor 0.2,
+10% participation per step, FLoPS.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant for the user (field, value, fix)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(_Section):
+    """What to run and where to write it."""
+
+    name: str = Field("default", description="Run name; the run directory is <out_dir>/<name>-<timestamp>.")
+    seed: int = Field(0, ge=0, description="Master seed; every random stream is keyed by (seed, purpose, client, step).")
+    rounds: int = Field(100, ge=1, description="Number of rounds. FLoPS does steps_per_round communication steps per round.")
+    steps_per_round: Optional[int] = Field(
+        None, ge=1,
+        description="Communication steps per round for per-step algorithms (FLoPS); "
+                    "default: one local epoch of the median client, ceil(median n_k / batch_size).")
+    eval_every: int = Field(1, ge=1, description="Evaluate (and write a metrics row) every this many rounds; the last round is always evaluated.")
+    out_dir: str = Field("runs", description="Parent folder of run directories.")
+    run_dir: Optional[str] = Field(None, description="Exact run directory (overrides out_dir/name).")
+    progress: bool = Field(True, description="Show a progress bar and the final summary table.")
+    plots: bool = Field(True, description="Write PNG plots into the run directory.")
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint the server state every k rounds (0: never).")
+
+
+class DataSection(_Section):
+    """The dataset (synthetic generator knobs; DATA.md section 1)."""
+
+    kind: Literal["synthetic"] = Field("synthetic", description="Data source.")
+    task: Literal["lr"] = Field("lr", description="Model family / task: lr (linear regression).")
+    p: int = Field(1000, ge=1, description="Number of features.")
+    rho_true: float = Field(0.05, gt=0, le=1, description="True density: |S*| = round(rho_true * p).")
+    n_clients: int = Field(100, ge=1, description="Number of clients N.")
+    n_per_client: int = Field(50, ge=1, description="Mean samples per client n.")
+    n_min: int = Field(2, ge=1, description="Minimum samples per client under quantity skew.")
+    snr: float = Field(20.0, gt=0, description="Signal-to-noise ratio (lr).")
+    rho_cor: float = Field(0.2, ge=0, lt=1, description="AR(1) feature correlation: Sigma_ij = rho_cor^|i-j|.")
+    h_coef: float = Field(0.0, ge=0, description="Coefficient heterogeneity: beta_k = beta* + h_coef N(0,1) on S*.")
+    h_cov: float = Field(0.0, ge=0, description="Covariate heterogeneity: mu_k ~ N(0, h_cov^2 I).")
+    sigma_q: float = Field(0.0, ge=0, description="Quantity skew: n_k = max(n_min, round(n LogNormal(0, sigma_q))).")
+    test_samples: int = Field(10000, ge=1, description="Global test set size (mixture of the clients' distributions).")
+    holdout_frac: float = Field(0.2, ge=0, lt=1, description="Per-client held-out samples (fraction of n_k) for the fairness metrics.")
+
+
+class ParticipationSection(_Section):
+    """Which clients take part in each communication step (DATA.md section 4)."""
+
+    kind: Literal["uniform"] = Field("uniform", description="Participation model.")
+    rate: float = Field(0.1, gt=0, le=1, description="uniform: fraction q of clients sampled each step (round(q N), at least 1).")
+
+
+class AlgorithmSection(_Section):
+    """The federated algorithm and its knobs (ALGORITHMS.md sections 2-6)."""
+
+    name: Literal["flops"] = Field("flops", description="Algorithm.")
+    rho: float = Field(0.05, gt=0, le=1, description="Target density; m = floor(rho * p) non-zeros at most.")
+    batch_size: int = Field(25, ge=1, description="Client mini-batch size b (min(b, n_k) per client).")
+    eta_theta: float = Field(0.05, gt=0, description="Learning rate of the weights theta_tilde.")
+    eta_phi: float = Field(0.1, gt=0, description="Learning rate of the gate parameters phi.")
+    eta_lambda: Optional[float] = Field(None, gt=0, description="Dual learning rate; default 1/p.")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="Server optimizer for the primal step.")
+    weighting: Literal["samples", "uniform"] = Field("samples", description="Aggregation weights w_k: n_k / sum n, or 1/|C_t|.")
+    prune_start: float = Field(0.5, ge=0, description="When the exact density starts (see prune_start_unit).")
+    prune_start_unit: Literal["fraction", "steps", "rounds"] = Field(
+        "fraction", description="prune_start as a fraction of all steps, a step count, or a round count.")
+    gate_decay: float = Field(0.9, gt=0, lt=1, description="Gate scaling decay r after prune_start.")
+    rho_init: float = Field(0.5, gt=0, lt=1, description="Initial gate probability: phi ~ N(logit(rho_init), 0.01).")
+    gamma: float = Field(-0.1, lt=0, description="Hard concrete stretch lower bound.")
+    zeta: float = Field(1.1, gt=1, description="Hard concrete stretch upper bound.")
+    beta: float = Field(2.0 / 3.0, gt=0, description="Hard concrete temperature.")
+    tau0: float = Field(0.0, ge=0, description="Entropy strength tau_0 (per gate); 0 is plain FLoPS.")
+    tau_schedule: Literal["linear", "constant", "cosine"] = Field("linear", description="Entropy schedule up to t_end.")
+    tau_end: Optional[float] = Field(None, ge=0, description="t_end in steps; default prune_start.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AlgorithmSection":
+        if self.prune_start_unit == "fraction" and self.prune_start > 1:
+            raise ValueError(
+                f"prune_start = {self.prune_start} with prune_start_unit = 'fraction' must be in [0, 1]; "
+                "use prune_start_unit = 'steps' or 'rounds' for a count")
+        return self
+
+
+class ClusterSection(_Section):
+    """Ray layout. Results do not depend on it (to float tolerance)."""
+
+    address: Optional[str] = Field(None, description="Ray address; default: RAY_ADDRESS if set, else a local Ray instance.")
+    num_actors: Optional[int] = Field(None, ge=1, description="Client actors; default 2 (or from clients_per_actor).")
+    clients_per_actor: Optional[int] = Field(None, ge=1, description="Virtual clients hosted by one client actor.")
+    num_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved by each client actor (fractional allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each client actor (e.g. 0.25 puts four actors on a GPU).")
+    server_num_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved by the server actor.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClusterSection":
+        if self.num_actors is not None and self.clients_per_actor is not None:
+            raise ValueError("set either num_actors or clients_per_actor, not both")
+        return self
+
+
+class Config(_Section):
+    """The whole configuration of a run."""
+
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    participation: ParticipationSection = ParticipationSection()
+    algorithm: AlgorithmSection = AlgorithmSection()
+    cluster: ClusterSection = ClusterSection()
+
+    # ---- derived values -------------------------------------------------------------
+    def n_actors(self) -> int:
+        n = self.data.n_clients
+        if self.cluster.clients_per_actor is not None:
+            return max(1, math.ceil(n / self.cluster.clients_per_actor))
+        return max(1, min(n, self.cluster.num_actors or 2))
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """The resolved config as a TOML-writable dict (None values dropped)."""
+        def clean(d: Any) -> Any:
+            if isinstance(d, dict):
+                return {k: clean(v) for k, v in d.items() if v is not None}
+            return d
+        return clean(self.model_dump(mode="json"))
+
+
+# ---- loading and errors ---------------------------------------------------------------
+
+def _section_models() -> dict[str, type[BaseModel]]:
+    return {name: f.annotation for name, f in Config.model_fields.items()}  # type: ignore[misc]
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    loc = [str(x) for x in err.get("loc", ()) if not str(x).startswith("function-")]
+    dotted = ".".join(loc) or "<config>"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        section, key = (loc[0], loc[-1]) if len(loc) > 1 else (None, loc[-1])
+        valid = (list(_section_models()[section].model_fields) if section in _section_models()
+                 else list(Config.model_fields))
+        hint = difflib.get_close_matches(key, valid, n=1)
+        hint_s = f" Did you mean '{hint[0]}'?" if hint else ""
+        where = f"[{section}]" if section else "the top level"
+        return f"unknown key '{dotted}'.{hint_s} Valid keys in {where}: {', '.join(valid)}."
+    value = err.get("input")
+    field_doc = ""
+    if len(loc) >= 2 and loc[0] in _section_models():
+        f = _section_models()[loc[0]].model_fields.get(loc[1])
+        if f is not None and f.description:
+            field_doc = f" ({f.description})"
+    msg = err.get("msg", "invalid value")
+    if value is not None and not isinstance(value, dict):
+        return f"{dotted} = {value!r}: {msg}{field_doc}"
+    return f"{dotted}: {msg}{field_doc}"
+
+
+def validate(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict into a :class:`Config`, raising :class:`ConfigError` on problems."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe_error(e) for e in exc.errors()]
+        raise ConfigError(f"invalid {source}:\n  - " + "\n  - ".join(lines)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``key.sub=value``; the value is read as a TOML literal, else kept as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set algorithm.rho=0.1")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p} (give the path of a TOML file, "
+                          "e.g. datasets/synthetic-lr.toml, or no file for the default scenario)")
+    if p.is_dir():
+        raise ConfigError(f"config path {p} is a directory; give a TOML file")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Load the default scenario, a TOML file on top of ``base`` and ``--set`` overrides."""
+    data: dict[str, Any] = copy.deepcopy(base) if base else {}
+    if path is not None:
+        data = _deep_merge(data, read_toml(path))
+    data = apply_overrides(data, overrides)
+    return validate(data, source=f"config {path}" if path else "config")
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def dump_toml(cfg: Config, path: str | Path) -> None:
+    import tomli_w
+
+    Path(path).write_text(tomli_w.dumps(cfg.to_toml_dict()))

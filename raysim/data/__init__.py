@@ -1,0 +1,5 @@
+"""Federations (dataset + partition), participation models (DATA.md)."""
+
+from raysim.data.federation import ClientData, Federation, build_federation, stack_clients
+
+__all__ = ["ClientData", "Federation", "build_federation", "stack_clients"]

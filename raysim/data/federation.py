@@ -1,0 +1,105 @@
+"""The federation interface shared by the server, the client actors and the reference.
+
+A :class:`Federation` knows how to build any client's data *from the client id alone*
+(seeded by ``(seed, purpose, client id)``), so the data a client holds never depends on the
+number of clients, the number of actors or the order of construction, and a restarted actor
+rebuilds exactly the same shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ClientData:
+    """One client's training samples and its held-out split (for fairness metrics)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_hold: np.ndarray
+    y_hold: np.ndarray
+
+
+class Federation:
+    """Base class of data sources. Subclasses fill the attributes and the three methods."""
+
+    task: str
+    input_shape: tuple[int, ...]
+    n_outputs: int = 1
+    n_clients: int
+    #: true support as a boolean mask over input features (synthetic data), else None
+    true_support: np.ndarray | None = None
+
+    def client_sizes(self) -> np.ndarray:
+        """Training samples n_k of every client, ``[N]`` (cheap; no data is built)."""
+        raise NotImplementedError
+
+    def client_data(self, k: int) -> ClientData:
+        raise NotImplementedError
+
+    def test_set(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        """Heterogeneity statistics of the federation (recorded in the run directory)."""
+        sizes = self.client_sizes()
+        return {"n_clients": int(self.n_clients), "samples_total": int(sizes.sum()),
+                "size_mean": float(sizes.mean()), "size_std": float(sizes.std()),
+                "size_min": int(sizes.min()), "size_max": int(sizes.max()),
+                "size_cv": float(sizes.std() / max(sizes.mean(), 1e-12))}
+
+
+@dataclass
+class StackedClients:
+    """Padded, stacked shards of a cohort of clients (the client actor's resident data)."""
+
+    ids: np.ndarray            # [C] global client ids
+    x: torch.Tensor            # [C, n_max, ...]
+    y: torch.Tensor            # [C, n_max, ...]
+    n: torch.Tensor            # [C] samples per client
+    x_hold: torch.Tensor       # [C, h_max, ...]
+    y_hold: torch.Tensor
+    n_hold: torch.Tensor
+
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in (self.x, self.y, self.x_hold, self.y_hold))
+
+
+def _pad(arrays: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+    n_max = max(1, max(a.shape[0] for a in arrays))
+    tail = arrays[0].shape[1:]
+    out = torch.zeros((len(arrays), n_max, *tail), dtype=dtype)
+    for i, a in enumerate(arrays):
+        if a.shape[0]:
+            out[i, : a.shape[0]] = torch.as_tensor(a, dtype=dtype)
+    return out
+
+
+def stack_clients(fed: Federation, ids: np.ndarray, device: torch.device | str = "cpu") -> StackedClients:
+    """Build and stack the data of clients ``ids`` (padded to the largest shard)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    shards = [fed.client_data(int(k)) for k in ids]
+    ydt = torch.float32 if fed.task in ("lr", "lg", "mlc") else torch.int64
+    return StackedClients(
+        ids=ids,
+        x=_pad([s.x for s in shards], torch.float32).to(device),
+        y=_pad([s.y for s in shards], ydt).to(device),
+        n=torch.tensor([s.x.shape[0] for s in shards], dtype=torch.int64, device=device),
+        x_hold=_pad([s.x_hold for s in shards], torch.float32).to(device),
+        y_hold=_pad([s.y_hold for s in shards], ydt).to(device),
+        n_hold=torch.tensor([s.x_hold.shape[0] for s in shards], dtype=torch.int64, device=device),
+    )
+
+
+def build_federation(data_cfg: Any, seed: int) -> Federation:
+    """The federation described by the ``[data]`` section."""
+    if data_cfg.kind == "synthetic":
+        from raysim.data.synthetic import SyntheticFederation
+
+        return SyntheticFederation(data_cfg, seed)
+    raise ValueError(f"data.kind = {data_cfg.kind!r} is not supported")

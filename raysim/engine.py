@@ -1,0 +1,210 @@
+"""The compute cores of the simulator, with no Ray in them.
+
+* :class:`ClientCohort` holds the data of a cohort of virtual clients for the whole run and
+  trains any subset of them in one vectorised pass. The Ray ``ClientActor`` wraps it.
+* :class:`ServerCore` owns the global state, aggregates the cohorts' partial sums, applies
+  the server update (density enforcement included), evaluates and checkpoints. The Ray
+  ``ServerActor`` wraps it.
+
+The single-process reference (``raysim.reference``) drives the same two classes directly,
+which is what makes the engine/reference benchmark an honest measure of the Ray overhead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from raysim.algorithms import Algorithm, Partial, Schedule, StepContext, aggregate, algorithm_class, build_algorithm
+from raysim.config import Config
+from raysim.data import Federation, build_federation, stack_clients
+from raysim.metrics import fairness, soft_iou, support_metrics
+from raysim.models import Model, build_model
+
+
+def make_schedule(cfg: Config, fed: Federation) -> Schedule:
+    """Steps per round, total steps, prune_start and t_end in steps."""
+    a = cfg.algorithm
+    per_step = algorithm_class(a.name).per_step
+    if cfg.run.steps_per_round is not None:
+        spr = cfg.run.steps_per_round
+    elif per_step:
+        spr = max(1, math.ceil(float(np.median(fed.client_sizes())) / a.batch_size))
+    else:
+        spr = 1
+    total = cfg.run.rounds * spr
+    if a.prune_start_unit == "fraction":
+        ps = int(math.floor(a.prune_start * total))
+    elif a.prune_start_unit == "rounds":
+        ps = int(a.prune_start) * spr
+    else:
+        ps = int(a.prune_start)
+    tau_end = int(a.tau_end) if a.tau_end is not None else ps
+    return Schedule(total_steps=total, steps_per_round=spr, prune_start=ps, tau_end=tau_end)
+
+
+@dataclass
+class Components:
+    fed: Federation
+    model: Model
+    schedule: Schedule
+    algo: Algorithm
+
+
+def build_components(cfg: Config) -> Components:
+    fed = build_federation(cfg.data, cfg.run.seed)
+    model = build_model(fed.task, fed.input_shape, fed.n_outputs)
+    schedule = make_schedule(cfg, fed)
+    return Components(fed, model, schedule, build_algorithm(cfg.algorithm, model, schedule))
+
+
+class ClientCohort:
+    """A cohort of virtual clients resident in one process (one client actor)."""
+
+    def __init__(self, cfg: Config, client_ids: np.ndarray, device: str = "cpu"):
+        self.cfg = cfg
+        self.comp = build_components(cfg)
+        self.device = torch.device(device)
+        self.ids = np.sort(np.asarray(client_ids, dtype=np.int64))
+        t0 = time.perf_counter()
+        self.data = stack_clients(self.comp.fed, self.ids, self.device)
+        self.build_s = time.perf_counter() - t0
+
+    def local_index(self, client_ids: np.ndarray) -> torch.Tensor:
+        pos = np.searchsorted(self.ids, client_ids)
+        if np.any(pos >= self.ids.size) or np.any(self.ids[np.minimum(pos, self.ids.size - 1)] != client_ids):
+            raise KeyError("asked to train clients that this cohort does not hold")
+        return torch.from_numpy(pos).to(self.device)
+
+    def train(self, step: int, payload: dict[str, Any], client_ids: np.ndarray,
+              work: np.ndarray | None = None) -> Partial:
+        ctx = StepContext(self.cfg.run.seed, step, self.comp.schedule)
+        return self.comp.algo.client_update(payload, self.data, self.local_index(client_ids), ctx, work)
+
+    def evaluate(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-client fairness scores of a deployed model on the clients' held-out data."""
+        th = torch.as_tensor(theta, device=self.device)
+        d = self.data
+        mask = torch.arange(d.x_hold.shape[1], device=self.device)[None, :] < d.n_hold[:, None]
+        with torch.no_grad():
+            s = self.comp.model.client_scores(th, d.x_hold, d.y_hold, mask)
+        return self.ids, s.cpu().numpy()
+
+    def info(self) -> dict[str, Any]:
+        return {"n_clients": int(self.ids.size), "data_bytes": self.data.nbytes(), "build_s": self.build_s}
+
+
+class ServerCore:
+    """The global state and everything the server does with it."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.comp = build_components(cfg)
+        c = self.comp
+        self.state = c.algo.init_state(cfg.run.seed)
+        x, y = c.fed.test_set()
+        self.x_test = torch.as_tensor(x)
+        self.y_test = torch.as_tensor(y)
+        self.true_support = None
+        if c.fed.true_support is not None and c.model.gated_feature_index() is not None:
+            self.feature_index = c.model.gated_feature_index()
+            self.true_support = c.fed.true_support
+        self.step = 0
+        self.cum_up = 0
+        self.cum_down = 0
+        self._prev_pi = c.algo.gate_probs(self.state)
+        self._reset_round()
+        self.last_round: dict[str, Any] = {}
+
+    def _reset_round(self) -> None:
+        self.r = {"bytes_up": 0, "bytes_down": 0, "n_selected": 0, "n_reported": 0, "client_s": 0.0,
+                  "aggregation_s": 0.0, "loss_sum": 0.0, "loss_w": 0.0, "steps_done": 0.0, "steps": 0}
+
+    # -- per step ----------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        return self.comp.algo.broadcast(self.state)
+
+    def apply(self, step: int, n_selected: int, partials: list[Partial]) -> dict[str, Any]:
+        """Aggregate one step's partials, update the state, return the next broadcast."""
+        if step != self.step:
+            raise RuntimeError(f"server at step {self.step} got an update for step {step}")
+        t0 = time.perf_counter()
+        algo = self.comp.algo
+        agg = aggregate(list(partials))
+        ctx = StepContext(self.cfg.run.seed, step, self.comp.schedule)
+        self.state = algo.server_update(self.state, agg, ctx)
+        down, up = algo.comm_bytes(self.state, n_selected, agg.n_reported)
+        r = self.r
+        r["bytes_down"] += down
+        r["bytes_up"] += up
+        r["n_selected"] += n_selected
+        r["n_reported"] += agg.n_reported
+        r["client_s"] += agg.compute_s
+        if agg.client_loss.size:
+            r["loss_sum"] += float(np.sum(agg.client_loss * agg.client_n))
+            r["loss_w"] += float(np.sum(agg.client_n))
+        r["steps_done"] += float(np.sum(agg.client_steps))
+        r["steps"] += 1
+        self.step += 1
+        out = algo.broadcast(self.state)
+        r["aggregation_s"] += time.perf_counter() - t0
+        return out
+
+    def end_round(self) -> dict[str, Any]:
+        """Close the round: communication totals, stability (soft IoU), timings."""
+        r = self.r
+        self.cum_up += r["bytes_up"]
+        self.cum_down += r["bytes_down"]
+        pi = self.comp.algo.gate_probs(self.state)
+        out = {"step": self.step, "n_selected": r["n_selected"], "n_reported": r["n_reported"],
+               "work_done": r["steps_done"] / max(r["n_reported"], 1),
+               "train_loss": r["loss_sum"] / r["loss_w"] if r["loss_w"] > 0 else float("nan"),
+               "bytes_up": r["bytes_up"], "bytes_down": r["bytes_down"],
+               "cum_bytes_up": self.cum_up, "cum_bytes_down": self.cum_down,
+               "client_compute_s": r["client_s"], "aggregation_s": r["aggregation_s"]}
+        if pi is not None and self._prev_pi is not None:
+            out["soft_iou"] = soft_iou(pi, self._prev_pi)
+        self._prev_pi = pi
+        self._reset_round()
+        self.last_round = out
+        return out
+
+    # -- evaluation ----------------------------------------------------------------------
+    def deployed(self, final: bool = False) -> np.ndarray:
+        return self.comp.algo.deployed(self.state, final=final).numpy()
+
+    def evaluate(self, final: bool = False) -> dict[str, Any]:
+        algo, model = self.comp.algo, self.comp.model
+        theta = algo.deployed(self.state, final=final)
+        gated = theta[: model.p]
+        nz = (gated != 0).numpy()
+        out: dict[str, Any] = {"nnz": int(nz.sum()), "m": algo.m, "density": float(nz.mean())}
+        out.update(algo.state_metrics(self.state))
+        if self.true_support is not None:
+            sel = np.zeros(self.true_support.size, dtype=bool)
+            sel[self.feature_index[nz]] = True
+            out.update(support_metrics(sel, self.true_support))
+        with torch.no_grad():
+            out.update(model.evaluate(theta, self.x_test, self.y_test))
+        return out
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "step": self.step, "cum_up": self.cum_up, "cum_down": self.cum_down,
+                "prev_pi": self._prev_pi}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.state = sd["state"]
+        self.step = sd["step"]
+        self.cum_up, self.cum_down = sd["cum_up"], sd["cum_down"]
+        self._prev_pi = sd["prev_pi"]
+        self._reset_round()
+
+
+def fairness_from_scores(scores: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    return fairness(np.concatenate([s for _, s in scores]) if scores else np.zeros(0))

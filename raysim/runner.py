@@ -1,0 +1,228 @@
+"""A whole run: run directory, the Ray simulation, live progress, metrics, summary and plots.
+
+Run directory layout::
+
+    config.toml       the resolved configuration (``raysim run config.toml`` repeats the run)
+    federation.json   the federation's heterogeneity statistics and the actor layout
+    metrics.csv       one row per evaluation round (rewritten after every evaluation)
+    clients.csv       per-client final fairness scores
+    summary.json      final metrics and run facts
+    model.npz         the deployed model (at most m non-zeros)
+    *.png             plots
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from raysim.config import Config, dump_toml
+
+ADDITIVE = ("n_selected", "n_reported", "bytes_up", "bytes_down", "client_compute_s", "aggregation_s", "round_s")
+
+COLUMNS = ["round", "step", "density", "expected_density", "nnz", "m", "lambda", "tdr", "tpr", "f1",
+           "soft_iou", "mse", "r2", "accuracy", "log_loss", "auc", "micro_f1", "macro_f1", "hamming_loss",
+           "fair_mean", "fair_std", "fair_worst5", "fair_best5", "mean_entropy", "tau", "train_loss",
+           "n_selected", "n_reported", "work_done", "bytes_up", "bytes_down", "cum_bytes_up",
+           "cum_bytes_down", "round_s", "client_compute_s", "aggregation_s", "evaluation_s",
+           "clients_per_s", "wall_s"]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+
+
+def make_run_dir(cfg: Config) -> Path:
+    if cfg.run.run_dir:
+        d = Path(cfg.run.run_dir)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        d = Path(cfg.run.out_dir) / f"{cfg.run.name}-{stamp}"
+        i = 1
+        while d.exists():
+            d = Path(cfg.run.out_dir) / f"{cfg.run.name}-{stamp}-{i}"
+            i += 1
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    cols = [c for c in COLUMNS if c in df] + [c for c in df if c not in COLUMNS]
+    return df[cols]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[k] = v
+    return out
+
+
+class _Progress:
+    """A rich progress bar with the live key metrics (plain lines when not on a terminal)."""
+
+    def __init__(self, total: int, enabled: bool, task: str):
+        self.enabled = enabled
+        self.total = total
+        self.metric = {"lr": "r2"}.get(task, "accuracy")
+        self._bar = None
+        self._last_plain = -1.0
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.console = Console(stderr=True)
+            if self.console.is_terminal:
+                self._bar = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.description}"),
+                                     console=self.console, transient=False)
+                self._task = self._bar.add_task("", total=total)
+                self._bar.start()
+
+    def text(self, row: dict[str, Any]) -> str:
+        parts = []
+        for k in ("density", "lambda", "tdr", self.metric, "soft_iou"):
+            v = row.get(k)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+        return " ".join(parts)
+
+    def update(self, rnd: int, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=rnd, description=self.text(row))
+        elif rnd / self.total - self._last_plain >= 0.1 or rnd == self.total:
+            self._last_plain = rnd / self.total
+            print(f"round {rnd}/{self.total} {self.text(row)}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = None,
+        console_output: bool | None = None) -> RunResult:
+    """Run one experiment on Ray and write its run directory.
+
+    ``on_eval(round, row)`` is called after every evaluation (the tuning layer reports
+    intermediate values through it and may raise to stop the run).
+    """
+    from raysim.cluster.driver import RaySimulation, init_ray
+    import ray
+
+    show = cfg.run.progress if console_output is None else console_output
+    run_dir = make_run_dir(cfg)
+    dump_toml(cfg, run_dir / "config.toml")
+    t_start = time.perf_counter()
+    started = init_ray(cfg)
+    sim = None
+    rows: list[dict[str, Any]] = []
+    try:
+        sim = RaySimulation(cfg)
+        info = sim.info
+        _atomic_write(run_dir / "federation.json", json.dumps(
+            {**info["federation"], "n_actors": len(sim.actors),
+             "clients_per_actor": [int(b.size) for b in sim.blocks],
+             "actors": sim.actor_info}, indent=2, default=str))
+        total_rounds = sim.total_rounds
+        bar = _Progress(total_rounds, show, cfg.data.task)
+        acc: dict[str, float] = {}
+        try:
+            for rnd in range(1, total_rounds + 1):
+                row = sim.run_round()
+                for k in ADDITIVE:
+                    acc[k] = acc.get(k, 0) + row.get(k, 0)
+                last = rnd == total_rounds
+                if rnd % cfg.run.eval_every == 0 or last:
+                    row.update(acc)
+                    acc = {}
+                    row.update(sim.evaluate(final=last))
+                    row["clients_per_s"] = row["n_reported"] / max(row["round_s"], 1e-9)
+                    row["wall_s"] = time.perf_counter() - t_start
+                    rows.append(row)
+                    _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
+                    if on_eval is not None:
+                        on_eval(rnd, row)
+                bar.update(rnd, row)
+        finally:
+            bar.close()
+        theta = sim.deployed(final=True)
+        np.savez_compressed(run_dir / "model.npz", theta=theta, p=info["p"])
+        final = dict(rows[-1])
+        final["nnz"] = int(np.count_nonzero(theta[: info["p"]]))
+        summary = {
+            "name": cfg.run.name, "algorithm": cfg.algorithm.name, "task": cfg.data.task,
+            "seed": cfg.run.seed, "rounds": total_rounds, "total_steps": info["total_steps"],
+            "steps_per_round": info["steps_per_round"], "p": info["p"], "m": info["m"],
+            "prune_start_step": info["prune_start"],
+            "prune_start_round": info["prune_start"] / info["steps_per_round"],
+            "n_clients": cfg.data.n_clients, "n_actors": len(sim.actors),
+            "wall_s": time.perf_counter() - t_start, "final": _jsonable(final),
+        }
+        _atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
+        _write_clients(sim, run_dir)
+    finally:
+        if sim is not None:
+            sim.close()
+        if started:
+            ray.shutdown()
+    if cfg.run.plots:
+        from raysim.report import plot_run
+
+        plot_run(run_dir, cfg.data.task)
+    if show:
+        print_summary(summary, run_dir)
+    return RunResult(run_dir, summary, _tidy(rows))
+
+
+def _write_clients(sim, run_dir: Path) -> None:
+    import ray
+
+    theta_ref = sim.server.deployed.remote(True)
+    scores = ray.get([a.evaluate.remote(theta_ref) for a in sim.actors])
+    df = pd.DataFrame({"client": np.concatenate([i for i, _ in scores]),
+                       "score": np.concatenate([s for _, s in scores])})
+    df.sort_values("client").to_csv(run_dir / "clients.csv", index=False)
+
+
+def print_summary(summary: dict[str, Any], run_dir: Path | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from raysim.report import summary_rows
+
+    t = Table(title=f"raysim {summary.get('algorithm')} on {summary.get('task')} "
+                    f"({summary.get('n_clients')} clients, seed {summary.get('seed')})")
+    t.add_column("metric")
+    t.add_column("final", justify="right")
+    for k, v in summary_rows(summary):
+        t.add_row(k, v)
+    c = Console()
+    c.print(t)
+    if run_dir is not None:
+        c.print(f"run directory: {run_dir}")
