@@ -17,6 +17,8 @@ from raysim.config import Config, ConfigError, load_config
 
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
+#: modules that register more sub-commands with :func:`command` (imported by build_parser)
+PLUGINS: list[str] = []
 
 
 def command(name: str, help_text: str):
@@ -123,6 +125,10 @@ def config_doc() -> str:
 # -- entry point -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for mod in PLUGINS:
+        importlib.import_module(mod)
     parser = argparse.ArgumentParser(prog="raysim", description="Ray-based simulation of sparse federated learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, fn, help_text) in COMMANDS.items():
