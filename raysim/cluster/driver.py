@@ -20,6 +20,7 @@ import ray
 from raysim.cluster.actors import ClientActor, ServerActor
 from raysim.config import Config, ConfigError
 from raysim.data.participation import build_participation
+from raysim.data.real import preflight
 from raysim.engine import fairness_from_scores
 
 
@@ -59,6 +60,9 @@ def check_resources(cfg: Config) -> None:
             f"the run needs {need_cpu:g} CPUs ({n} client actors x cluster.num_cpus = {cfg.cluster.num_cpus:g} "
             f"+ cluster.server_num_cpus = {cfg.cluster.server_num_cpus:g}) but the Ray cluster has {have_cpu:g}; "
             "lower cluster.num_cpus, or use fewer actors (cluster.num_actors / cluster.clients_per_actor)")
+    # real data: missing or corrupt files are reported here (not as a crashed actor), and the
+    # data directory is pinned to an absolute path for the actors
+    preflight(cfg)
     need_gpu = n * cfg.cluster.num_gpus
     have_gpu = float(res.get("GPU", 0.0))
     if need_gpu > have_gpu + 1e-9:

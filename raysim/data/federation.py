@@ -45,13 +45,48 @@ class Federation:
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def label_counts(self) -> np.ndarray | None:
+        """``[clients, labels]`` training-label counts where cheap to know (partitioned data), else None."""
+        return None
+
+    def label_names(self) -> list[str]:
+        return []
+
     def stats(self) -> dict[str, Any]:
-        """Heterogeneity statistics of the federation (recorded in the run directory)."""
+        """Heterogeneity statistics of the federation (recorded in the run directory).
+
+        Size spread always; with :meth:`label_counts`, the label skew of DATA.md section 3
+        (``raysim.data.partition.label_heterogeneity``) and the count matrix of the first
+        ``MAX_LABEL_ROWS`` clients (``label_counts``, drawn as a clients x labels heatmap).
+        """
         sizes = self.client_sizes()
-        return {"n_clients": int(self.n_clients), "samples_total": int(sizes.sum()),
-                "size_mean": float(sizes.mean()), "size_std": float(sizes.std()),
-                "size_min": int(sizes.min()), "size_max": int(sizes.max()),
-                "size_cv": float(sizes.std() / max(sizes.mean(), 1e-12))}
+        out: dict[str, Any] = {
+            "n_clients": int(self.n_clients), "samples_total": int(sizes.sum()),
+            "size_mean": float(sizes.mean()), "size_std": float(sizes.std()),
+            "size_min": int(sizes.min()), "size_max": int(sizes.max()),
+            "size_cv": float(sizes.std() / max(sizes.mean(), 1e-12)),
+            "size_gini": _gini(sizes)}
+        counts = self.label_counts()
+        if counts is not None:
+            from raysim.data.partition import label_heterogeneity
+
+            out.update(label_heterogeneity(counts))
+            out["label_names"] = [str(n) for n in self.label_names()]
+            out["label_counts"] = counts[:MAX_LABEL_ROWS].tolist()
+        return out
+
+
+#: clients whose label counts are stored in federation.json (enough for the heatmap)
+MAX_LABEL_ROWS = 1000
+
+
+def _gini(x: np.ndarray) -> float:
+    """Gini coefficient of client sizes (0: all equal)."""
+    x = np.sort(np.asarray(x, dtype=np.float64))
+    if x.size == 0 or x.sum() <= 0:
+        return 0.0
+    i = np.arange(1, x.size + 1)
+    return float((2 * i - x.size - 1) @ x / (x.size * x.sum()))
 
 
 @dataclass
@@ -96,10 +131,15 @@ def stack_clients(fed: Federation, ids: np.ndarray, device: torch.device | str =
     )
 
 
-def build_federation(data_cfg: Any, seed: int) -> Federation:
-    """The federation described by the ``[data]`` section."""
+def build_federation(data_cfg: Any, seed: int, partition_cfg: Any = None) -> Federation:
+    """The federation described by the ``[data]`` section (and ``[partition]`` for real data)."""
     if data_cfg.kind == "synthetic":
         from raysim.data.synthetic import SyntheticFederation
 
         return SyntheticFederation(data_cfg, seed)
+    if data_cfg.kind == "real":
+        from raysim.config import PartitionSection
+        from raysim.data.real import RealFederation
+
+        return RealFederation(data_cfg, seed, partition_cfg if partition_cfg is not None else PartitionSection())
     raise ValueError(f"data.kind = {data_cfg.kind!r} is not supported")
