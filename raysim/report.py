@@ -105,7 +105,47 @@ def plot_run(run_dir: str | Path, task: str | None = None) -> list[Path]:
         ax.legend(fontsize=8)
         ax.set_title("Communication")
         out.append(_save(fig, run_dir / "bytes.png"))
+
+    label_plot = plot_label_heatmap(run_dir)
+    if label_plot is not None:
+        out.append(label_plot)
     return out
+
+
+def plot_label_heatmap(run_dir: str | Path) -> Path | None:
+    """clients x labels heatmap of the partition (federation.json ``label_counts``), if any.
+
+    Each row is a client's label distribution (share of its training samples per label);
+    clients are ordered by their dominant label so that the skew is visible at a glance.
+    """
+    import numpy as np
+
+    run_dir = Path(run_dir)
+    fed = _read_json(run_dir / "federation.json")
+    counts = fed.get("label_counts")
+    if not counts:
+        return None
+    c = np.asarray(counts, dtype=float)
+    frac = c / np.maximum(c.sum(1, keepdims=True), 1e-12)
+    order = np.lexsort((-frac.max(1), frac.argmax(1)))
+    names = fed.get("label_names") or [str(i) for i in range(c.shape[1])]
+    fig, (ax, axs) = plt.subplots(1, 2, figsize=(8, 5), gridspec_kw={"width_ratios": [4, 1]}, sharey=True)
+    im = ax.imshow(frac[order], aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xlabel("label")
+    ax.set_ylabel(f"client (sorted by dominant label; {c.shape[0]} of {fed.get('n_clients', c.shape[0])})")
+    if len(names) <= 30:
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90 if max(len(n) for n in names) > 2 else 0, fontsize=7)
+    fig.colorbar(im, ax=axs, label="share of the client's samples")
+    axs.barh(np.arange(c.shape[0]), c.sum(1)[order], height=1.0, color="grey")
+    axs.set_xlabel("samples")
+    stats = [f"{k.replace('label_', '')}={fed[k]:.3g}" for k in ("label_tv_mean", "label_js_mean") if k in fed]
+    if "size_cv" in fed:
+        stats.append(f"size cv={fed['size_cv']:.3g}")
+    part = fed.get("partition", "")
+    extra = f" alpha={fed['alpha']:g}" if "alpha" in fed else ""
+    fig.suptitle(f"{fed.get('dataset', '')} {part}{extra}: {', '.join(stats)}", fontsize=10)
+    return _save(fig, run_dir / "label_heatmap.png")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -116,6 +116,23 @@ def minibatch(data: StackedClients, idx: torch.Tensor, seed: int, step: int, b: 
     return data.x[rows, order], data.y[rows, order], mask
 
 
+def partial_work_mask(mask: torch.Tensor, work: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray]:
+    """Stragglers in a per-step algorithm (DATA.md section 4): a client that completes the
+    fraction ``work`` of its local work by the deadline has processed only the first
+    max(1, ceil(work b_k)) examples of its mini-batch of b_k. Returns the reduced validity
+    mask and the steps done per client (``work``, or ones)."""
+    k = mask.shape[0]
+    if work is None:
+        return mask, np.ones(k)
+    w = np.asarray(work, dtype=np.float64)
+    if np.all(w >= 1.0):
+        return mask, np.ones(k)
+    b_k = mask.sum(1).cpu().numpy()
+    keep = np.maximum(1, np.ceil(np.clip(w, 0.0, 1.0) * b_k - 1e-9)).astype(np.int64)
+    pos = torch.arange(mask.shape[1], device=mask.device)[None, :]
+    return mask & (pos < torch.from_numpy(keep).to(mask.device)[:, None]), np.clip(w, 0.0, 1.0)
+
+
 def client_weights(n: torch.Tensor, weighting: str) -> torch.Tensor:
     """c_k: n_k for sample weighting, 1 for uniform; w_k = c_k / sum c."""
     return n.to(torch.float32) if weighting == "samples" else torch.ones(n.shape, dtype=torch.float32)

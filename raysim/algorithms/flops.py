@@ -30,7 +30,7 @@ import torch
 from raysim import gates
 from raysim import rng as rngmod
 from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights,
-                                    minibatch)
+                                    minibatch, partial_work_mask)
 from raysim.metrics import tensor_bytes
 
 
@@ -101,6 +101,7 @@ class FLoPS(Algorithm):
         ids = data.ids[idx.cpu().numpy()]
         k = ids.size
         xb, yb, mask = minibatch(data, idx, ctx.seed, ctx.step, self.cfg.batch_size)
+        mask, steps = partial_work_mask(mask, work)  # stragglers: part of the mini-batch
         u = torch.from_numpy(rngmod.uniform(ctx.seed, "gate-noise", ids, ctx.step, p, eps=self.gp.eps))
         u = u.to(device=dev, dtype=theta.dtype)
         # Per-client copies so autograd returns per-client gradients; they are summed in float64
@@ -116,7 +117,7 @@ class FLoPS(Algorithm):
         return Partial(
             sums={"theta": g_th.double().sum(0).cpu().numpy(), "phi": g_ph.double().sum(0).cpu().numpy()},
             weight=float(c.double().sum()), client_ids=ids, client_loss=loss.detach().cpu().numpy(),
-            client_n=n.cpu().numpy(), client_steps=np.ones(k), compute_s=time.perf_counter() - t0)
+            client_n=n.cpu().numpy(), client_steps=steps, compute_s=time.perf_counter() - t0)
 
     # -- server --------------------------------------------------------------------------
     def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:

@@ -60,9 +60,6 @@ def check_resources(cfg: Config) -> None:
             f"the run needs {need_cpu:g} CPUs ({n} client actors x cluster.num_cpus = {cfg.cluster.num_cpus:g} "
             f"+ cluster.server_num_cpus = {cfg.cluster.server_num_cpus:g}) but the Ray cluster has {have_cpu:g}; "
             "lower cluster.num_cpus, or use fewer actors (cluster.num_actors / cluster.clients_per_actor)")
-    # real data: missing or corrupt files are reported here (not as a crashed actor), and the
-    # data directory is pinned to an absolute path for the actors
-    preflight(cfg)
     need_gpu = n * cfg.cluster.num_gpus
     have_gpu = float(res.get("GPU", 0.0))
     if need_gpu > have_gpu + 1e-9:
@@ -78,6 +75,7 @@ class RaySimulation:
         """``placement_group``: a group from :func:`raysim.cluster.parallel.reserve`; bundle 0
         hosts the server, bundle i + 1 client actor i. Without it, resources are checked."""
         self.cfg = cfg
+        preflight(cfg)  # real data: clear errors for missing/corrupt files before any actor starts
         cl = cfg.cluster
         self.blocks = assign_clients(cfg.data.n_clients, cfg.n_actors())
 
