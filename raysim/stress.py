@@ -87,6 +87,12 @@ class Grid:
     cells: list[Cell] = field(default_factory=list)
 
 
+def _algorithm_names() -> tuple[str, ...]:
+    from raysim.config import AlgorithmSection
+
+    return tuple(getattr(AlgorithmSection.model_fields["name"].annotation, "__args__", ()))
+
+
 # ---- grid file -----------------------------------------------------------------------------------
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any, where: str) -> None:
@@ -146,7 +152,9 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
         for label, sets in algos_raw.items():
             if not isinstance(sets, dict):
                 raise ConfigError(f"{path}: stress.algorithms.{label} must be a table of dotted keys")
-            algorithms[str(label)] = {"algorithm.name": str(label), **sets}
+            # a variant named like an algorithm runs that algorithm unless it says otherwise;
+            # any other label keeps the base scenario's algorithm.name
+            algorithms[str(label)] = ({"algorithm.name": str(label)} if str(label) in _algorithm_names() else {}) | sets
     else:
         raise ConfigError(f"{path}: stress.algorithms must be a list of algorithm names or a table of variants")
     seeds = [int(s) for s in spec.get("seeds", [base.get("run", {}).get("seed", 0)])]
