@@ -292,11 +292,13 @@ def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False) -> Any:
     ax.set_yticklabels([_fmt(i) for i in p.index], fontsize=8)
     ax.set_xlabel(str(p.columns.name) if p.columns.name != "_" else "")
     ax.set_ylabel(str(p.index.name))
+    lo, hi = im.get_clim()
     for i in range(vals.shape[0]):
         for j in range(vals.shape[1]):
             if np.isfinite(vals[i, j]):
+                light = diverging or vals[i, j] > lo + 0.6 * (hi - lo)   # dark text on the light colours
                 ax.text(j, i, f"{vals[i, j]:.3g}", ha="center", va="center", fontsize=8,
-                        color="black" if diverging else "white")
+                        color="black" if light else "white")
     ax.set_title(title, fontsize=9)
     return im
 
@@ -395,7 +397,15 @@ def run_grid(grid: Grid, max_parallel: int | None = None, progress: bool = True,
             "skipped": len(grid.cells) - len(todo),
             "failed": int(sum(c.status == "failed" for c in grid.cells)),
             "wall_s": time.perf_counter() - t0, "plots": [str(p) for p in plots]}
-    (grid.out_dir / "grid.json").write_text(json.dumps(info, indent=2, default=str))
+    # every invocation is kept, so the runtime of the run that did the work is not lost on resume
+    history = []
+    try:
+        history = json.loads((grid.out_dir / "grid.json").read_text()).get("history", [])
+    except (OSError, ValueError):
+        pass
+    history.append({k: info[k] for k in ("ran", "skipped", "failed", "wall_s")}
+                   | {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "max_parallel": max_parallel or grid.max_parallel})
+    (grid.out_dir / "grid.json").write_text(json.dumps({**info, "history": history}, indent=2, default=str))
     return info
 
 

@@ -132,3 +132,37 @@ def test_synthetic_client_data_does_not_depend_on_n_clients():
         da, db = fa.client_data(k), fb.client_data(k)
         np.testing.assert_array_equal(da.x, db.x)
         np.testing.assert_array_equal(da.y, db.y)
+
+
+def test_label_heatmap_from_federation_stats(tmp_path):
+    import json
+
+    from raysim.report import plot_label_heatmap
+
+    cfg = real_cfg(25, "partition.kind='shards'")
+    fed = build_federation(cfg.data, 0, cfg.partition)
+    (tmp_path / "federation.json").write_text(json.dumps(fed.stats()))
+    path = plot_label_heatmap(tmp_path)
+    assert path is not None and path.name == "label_heatmap.png" and path.stat().st_size > 5000
+    (tmp_path / "federation.json").write_text(json.dumps({"n_clients": 3}))   # synthetic: no heatmap
+    assert plot_label_heatmap(tmp_path) is None
+
+
+@pytest.mark.ray
+def test_real_data_run_writes_statistics_and_heatmap(ray_session, tmp_path):
+    import json
+
+    from raysim import models
+    from raysim.runner import run
+
+    if "mc" not in models.MODELS:
+        pytest.skip("the mc model is not on this branch yet")
+    cfg = load_config(None, ["data.kind='real'", "data.dataset='digits'", "data.task='mc'", "data.n_clients=12",
+                             "partition.kind='dirichlet'", "partition.alpha=0.2", "run.rounds=2",
+                             "run.progress=false", f"run.out_dir='{tmp_path}'", "algorithm.rho=0.2",
+                             "cluster.num_actors=2", "cluster.num_cpus=0.25", "cluster.server_num_cpus=0.25"])
+    res = run(cfg)
+    fed = json.loads((res.run_dir / "federation.json").read_text())
+    assert fed["label_tv_mean"] > 0.3 and len(fed["label_counts"]) == 12
+    assert (res.run_dir / "label_heatmap.png").is_file()
+    assert 0 <= res.summary["final"]["accuracy"] <= 1
