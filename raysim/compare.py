@@ -85,15 +85,25 @@ def run_all(cfgs: list[Config], max_parallel: int | None) -> list[Any]:
     """Every run, in parallel on Ray where the lead's parallel runner exists."""
     try:
         from raysim.cluster.parallel import run_many
-    except ImportError:  # pragma: no cover - sequential fallback
+    except ImportError:  # pragma: no cover - sequential fallback: one Ray instance, one run at a time
+        import ray
+
+        from raysim.cluster.driver import init_ray
         from raysim.runner import run
 
+        started = init_ray(cfgs[0])
         out: list[Any] = []
-        for c in cfgs:
-            try:
-                out.append(run(c, console_output=False))
-            except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                out.append(exc)
+        try:
+            for i, c in enumerate(cfgs):
+                try:
+                    out.append(run(c, console_output=False))
+                except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+                    out.append(exc)
+                print(f"  [{i + 1}/{len(cfgs)}] {c.run.name}: "
+                      f"{'failed' if isinstance(out[-1], Exception) else 'done'}", flush=True)
+        finally:
+            if started:
+                ray.shutdown()
         return out
     return run_many(cfgs, max_parallel=max_parallel)
 
