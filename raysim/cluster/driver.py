@@ -70,14 +70,26 @@ def check_resources(cfg: Config) -> None:
 class RaySimulation:
     """One run on Ray: a server actor, client actors, and the per-round driver loop."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, placement_group: Any = None):
+        """``placement_group``: a group from :func:`raysim.cluster.parallel.reserve`; bundle 0
+        hosts the server, bundle i + 1 client actor i. Without it, resources are checked."""
         self.cfg = cfg
-        check_resources(cfg)
         cl = cfg.cluster
-        self.server = ServerActor.options(num_cpus=cl.server_num_cpus).remote(cfg)
         self.blocks = assign_clients(cfg.data.n_clients, cfg.n_actors())
-        self.actors = [ClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus).remote(cfg, b)
-                       for b in self.blocks]
+
+        def where(bundle: int) -> dict[str, Any]:
+            if placement_group is None:
+                return {}
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=placement_group, placement_group_bundle_index=bundle)}
+
+        if placement_group is None:
+            check_resources(cfg)
+        self.server = ServerActor.options(num_cpus=cl.server_num_cpus, **where(0)).remote(cfg)
+        self.actors = [ClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus, **where(i + 1)).remote(cfg, b)
+                       for i, b in enumerate(self.blocks)]
         self.owner = np.empty(cfg.data.n_clients, dtype=np.int64)
         for a, b in enumerate(self.blocks):
             self.owner[b] = a
