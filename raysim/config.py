@@ -90,6 +90,9 @@ class DataSection(_Section):
     sigma_q: float = Field(0.0, ge=0, description="Quantity skew: n_k = max(n_min, round(n LogNormal(0, sigma_q))).")
     test_samples: int = Field(10000, ge=1, description="Global test set size (mixture of the clients' distributions).")
     holdout_frac: float = Field(0.2, ge=0, lt=1, description="Per-client held-out samples (fraction of n_k) for the fairness metrics.")
+    n_classes: int = Field(10, ge=2, description="mc: number of classes C.")
+    n_labels: int = Field(20, ge=1, description="mlc: number of labels L.")
+    label_rate: float = Field(0.2, gt=0, lt=1, description="mlc: label biases are set so that about this fraction of labels is on.")
 
 
 class PartitionSection(_Section):
@@ -140,7 +143,11 @@ class ParticipationSection(_Section):
 class AlgorithmSection(_Section):
     """The federated algorithm and its knobs (ALGORITHMS.md sections 2-6)."""
 
-    name: Literal["flops"] = Field("flops", description="Algorithm.")
+    name: Literal["flops", "flops-ent", "flops-pa", "flops-pa-ent", "fedavg", "fedavg-prune", "fed-ht",
+                  "fediter-ht", "fedprox", "ser", "fedeba"] = Field(
+        "flops", description="Algorithm: flops (per-step, L0 gates), flops-ent (with gate entropy), flops-pa "
+                             "(local epochs, partial aggregation), flops-pa-ent, fedavg, fedavg-prune, fed-ht, "
+                             "fediter-ht, fedprox, ser (sign-entropy on fedavg/fedprox), fedeba (FedEBA+).")
     rho: float = Field(0.05, gt=0, le=1, description="Target density; m = floor(rho * p) non-zeros at most.")
     batch_size: int = Field(25, ge=1, description="Client mini-batch size b (min(b, n_k) per client).")
     eta_theta: float = Field(0.05, gt=0, description="Learning rate of the weights theta_tilde.")
@@ -156,9 +163,23 @@ class AlgorithmSection(_Section):
     gamma: float = Field(-0.1, lt=0, description="Hard concrete stretch lower bound.")
     zeta: float = Field(1.1, gt=1, description="Hard concrete stretch upper bound.")
     beta: float = Field(2.0 / 3.0, gt=0, description="Hard concrete temperature.")
-    tau0: float = Field(0.0, ge=0, description="Entropy strength tau_0 (per gate); 0 is plain FLoPS.")
+    tau0: float = Field(0.0, ge=0, description="Entropy strength tau_0 (per gate); 0 is plain FLoPS. flops-ent and "
+                                               "flops-pa-ent use 0.05 when it is left at 0.")
     tau_schedule: Literal["linear", "constant", "cosine"] = Field("linear", description="Entropy schedule up to t_end.")
     tau_end: Optional[float] = Field(None, ge=0, description="t_end in steps; default prune_start.")
+    # -- local training (flops-pa, fedavg, fedavg-prune, fed-ht, fediter-ht, fedprox, ser, fedeba)
+    local_epochs: int = Field(1, ge=1, description="Local epochs E per round; client k runs E ceil(n_k / batch_size) local steps.")
+    eta_local: Optional[float] = Field(
+        None, gt=0, description="Local learning rate of the dense baselines (fedavg, fedavg-prune, fed-ht, fediter-ht, "
+                                "fedprox, ser, fedeba); default eta_theta. flops-pa uses eta_theta and eta_phi.")
+    server_lr: float = Field(1.0, gt=0, description="Server learning rate applied to the averaged client delta.")
+    fine_tune_rounds: int = Field(0, ge=0, description="fedavg-prune: the last this many rounds train with the top-m mask fixed.")
+    mu: float = Field(0.01, ge=0, description="fedprox (and ser with ser_base = 'fedprox'): proximal strength mu.")
+    ser_base: Literal["fedavg", "fedprox"] = Field("fedavg", description="ser: the algorithm the sign-entropy term is added to.")
+    rho_s: float = Field(0.01, ge=0, description="ser: strength of the sign-entropy term rho_s.")
+    kappa: float = Field(10.0, gt=0, description="ser: sharpness kappa of q_j = sigmoid(kappa g_j).")
+    eba_temperature: float = Field(1.0, gt=0, description="fedeba: temperature T of the weights p_k ~ q_k exp(F_k / T).")
+    eba_alignment: float = Field(0.5, ge=0, le=1, description="fedeba: model alignment a (0: pure entropy weights, 1: FedAvg).")
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmSection":

@@ -189,6 +189,10 @@ class ServerCore:
             sel = np.zeros(self.true_support.size, dtype=bool)
             sel[self.feature_index[nz]] = True
             out.update(support_metrics(sel, self.true_support))
+            if self.feature_index.size != self.true_support.size:
+                # several weights per feature (mc, mlc): also per weight (ALGORITHMS.md section 7)
+                per_w = support_metrics(nz, self.true_support[self.feature_index])
+                out.update({f"{k}_weight": v for k, v in per_w.items()})
         with torch.no_grad():
             out.update(model.evaluate(theta, self.x_test, self.y_test))
         return out

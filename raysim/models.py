@@ -128,13 +128,239 @@ class LinearRegression(Model):
         return np.arange(self.p_in)
 
 
-MODELS: dict[str, Callable[..., Model]] = {"lr": LinearRegression}
+def _masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(v.dtype)
+    return (v * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class _LinearHead(Model):
+    """Shared layout of the linear classifiers: W ``[p_in, C]`` gated (row-major, so weight
+    ``j * C + c`` reads feature j) and a bias ``[C]`` that is not gated."""
+
+    def __init__(self, p_in: int, n_out: int):
+        self.p_in = p_in
+        self.n_out = n_out
+        super().__init__([TensorSpec("W", (p_in, n_out), True), TensorSpec("b", (n_out,), False)])
+
+    def init_params(self, rng: np.random.Generator) -> torch.Tensor:
+        # Linear models start at zero (as Fed-HT prescribes); the gates carry the randomness.
+        return torch.zeros(self.P)
+
+    def logits(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """theta ``[..., P]`` (with the same leading dims as x minus the sample axis), x ``[..., B, p_in]``."""
+        W = theta[..., : self.p].reshape(*theta.shape[:-1], self.p_in, self.n_out)
+        b = theta[..., self.p:]
+        return torch.matmul(x, W) + b.unsqueeze(-2)
+
+    def gated_feature_index(self) -> np.ndarray:
+        return np.repeat(np.arange(self.p_in), self.n_out)
+
+
+class LogisticRegression(_LinearHead):
+    """lg: binary logistic regression, p(y=1|x) = sigmoid(x . w + b), binary cross-entropy
+    (ALGORITHMS.md section 7). Test metrics: accuracy, log loss, AUC (section 8)."""
+
+    name = "lg"
+    test_metric = "accuracy"
+
+    def __init__(self, p_in: int):
+        super().__init__(p_in, 1)
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(theta, x).squeeze(-1)
+
+    def example_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(out, y.to(out.dtype), reduction="none")
+
+    def evaluate(self, theta, x, y):
+        from sklearn.metrics import roc_auc_score
+
+        z = self.logits(theta, x).squeeze(-1).double()
+        yd = y.double()
+        acc = float(((z > 0).double() == yd).double().mean())
+        ll = float(torch.nn.functional.binary_cross_entropy_with_logits(z, yd))
+        yn = yd.numpy()
+        auc = float(roc_auc_score(yn, z.numpy())) if 0 < yn.sum() < yn.size else float("nan")
+        return {"accuracy": acc, "log_loss": ll, "auc": auc}
+
+    def client_scores(self, theta, x, y, mask):
+        z = self.logits(theta, x).squeeze(-1)
+        return _masked_mean(((z > 0).to(y.dtype) == y).float(), mask)
+
+
+class SoftmaxRegression(_LinearHead):
+    """mc: softmax multi-class regression, logits = x W + b with W ``[p_in, C]`` gated and the
+    bias not, cross-entropy (section 7). Test metrics: accuracy, log loss (section 8)."""
+
+    name = "mc"
+    test_metric = "accuracy"
+
+    def forward(self, theta, x):
+        return self.logits(theta, x)
+
+    def example_loss(self, out, y):
+        return torch.nn.functional.cross_entropy(out.flatten(0, -2), y.flatten().long(),
+                                                 reduction="none").reshape(y.shape)
+
+    def evaluate(self, theta, x, y):
+        return _classification_metrics(self.logits(theta, x), y)
+
+    def client_scores(self, theta, x, y, mask):
+        return _masked_mean((self.logits(theta, x).argmax(-1) == y).float(), mask)
+
+
+class MultiLabelLogistic(_LinearHead):
+    """mlc: L independent logistic units, logits = x W + b with W ``[p_in, L]`` gated, loss the
+    mean binary cross-entropy over the labels (section 7). Test metrics: micro-F1, macro-F1,
+    Hamming loss; the per-client fairness score is the client's micro-F1 (section 8)."""
+
+    name = "mlc"
+    test_metric = "micro_f1"
+
+    def forward(self, theta, x):
+        return self.logits(theta, x)
+
+    def example_loss(self, out, y):
+        return torch.nn.functional.binary_cross_entropy_with_logits(out, y.to(out.dtype), reduction="none").mean(-1)
+
+    def evaluate(self, theta, x, y):
+        pred = self.logits(theta, x) > 0
+        yt = y > 0.5
+        tp = (pred & yt).sum(0).double()
+        fp = (pred & ~yt).sum(0).double()
+        fn = (~pred & yt).sum(0).double()
+        micro = float(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp_min(1e-12))
+        den = 2 * tp + fp + fn
+        per_label = torch.where(den > 0, 2 * tp / den.clamp_min(1e-12), torch.ones_like(den))
+        return {"micro_f1": micro, "macro_f1": float(per_label.mean()),
+                "hamming_loss": float((pred != yt).double().mean())}
+
+    def client_scores(self, theta, x, y, mask):
+        pred = self.logits(theta, x) > 0
+        yt = y > 0.5
+        m = mask[..., None]
+        tp = (pred & yt & m).sum((1, 2)).double()
+        fp = (pred & ~yt & m).sum((1, 2)).double()
+        fn = (~pred & yt & m).sum((1, 2)).double()
+        den = 2 * tp + fp + fn
+        return torch.where(den > 0, 2 * tp / den.clamp_min(1e-12), torch.ones_like(den)).float()
+
+
+def _classification_metrics(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    logits = logits.double()
+    y = y.long()
+    return {"accuracy": float((logits.argmax(-1) == y).double().mean()),
+            "log_loss": float(torch.nn.functional.cross_entropy(logits, y))}
+
+
+def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(channels, height, width) of an image input: (C, H, W), (H, W), or a flat square H*W."""
+    if len(input_shape) == 3:
+        return tuple(int(v) for v in input_shape)  # type: ignore[return-value]
+    if len(input_shape) == 2:
+        return (1, int(input_shape[0]), int(input_shape[1]))
+    if len(input_shape) == 1:
+        s = int(round(math.sqrt(input_shape[0])))
+        if s * s == input_shape[0]:
+            return (1, s, s)
+    raise ValueError(f"the cnn needs image inputs (C, H, W), (H, W) or a flat square H*W; got shape {input_shape}")
+
+
+class _FedAvgCNNModule(torch.nn.Module):
+    """conv 5x5 (32) - ReLU - maxpool 2 - conv 5x5 (64) - ReLU - maxpool 2 - dense 512 - ReLU - dense C."""
+
+    def __init__(self, chw: tuple[int, int, int], n_classes: int):
+        super().__init__()
+        c, h, w = chw
+        self.chw = chw
+        self.conv1 = torch.nn.Conv2d(c, 32, 5, padding=2)
+        self.conv2 = torch.nn.Conv2d(32, 64, 5, padding=2)
+        self.flat = 64 * (h // 2 // 2) * (w // 2 // 2)
+        self.fc1 = torch.nn.Linear(self.flat, 512)
+        self.fc2 = torch.nn.Linear(512, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], *self.chw)
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+class FedAvgCNN(Model):
+    """cnn: the FedAvg CNN of McMahan et al. 2017 (ALGORITHMS.md section 7).
+
+    conv 5x5 (32, 'same') - ReLU - maxpool 2 - conv 5x5 (64, 'same') - ReLU - maxpool 2 -
+    dense 512 - ReLU - dense C: 1,663,370 parameters on 28x28 inputs with 10 classes. The
+    two kernels and the two dense weight matrices are gated, the biases are not. Inputs may
+    be (C, H, W), (H, W) or flat H*W (reshaped). The cohort axis is handled with
+    ``torch.func.functional_call`` under ``torch.func.vmap``: every client has its own
+    parameter row and the whole cohort runs as one batched computation.
+    """
+
+    name = "cnn"
+    test_metric = "accuracy"
+    _gated = ("conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight")
+
+    def __init__(self, input_shape: tuple[int, ...], n_classes: int):
+        self.chw = image_shape(tuple(input_shape))
+        self.n_classes = int(n_classes)
+        self.module = _FedAvgCNNModule(self.chw, self.n_classes)
+        specs = [TensorSpec(n, tuple(t.shape), n in self._gated) for n, t in self.module.named_parameters()]
+        super().__init__(specs)
+
+    def init_params(self, rng: np.random.Generator) -> torch.Tensor:
+        """PyTorch's default initialisers, seeded from ``rng`` (layout independent)."""
+        torch_gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        out = torch.empty(self.P)
+        for s in self.specs:
+            a, b = self.offsets[s.name]
+            fan_in = int(np.prod(s.shape[1:])) if s.gated else int(np.prod(self._weight_of(s.name).shape[1:]))
+            bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)) and the bias rule both give 1/sqrt(fan_in)
+            out[a:b] = torch.empty(s.numel).uniform_(-bound, bound, generator=torch_gen)
+        return out
+
+    def _weight_of(self, bias_name: str) -> torch.Tensor:
+        return dict(self.module.named_parameters())[bias_name.replace("bias", "weight")]
+
+    def _apply_one(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.module, params, (x,))
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        params = self.unflatten(theta)
+        return torch.func.vmap(self._apply_one)(params, x)
+
+    def example_loss(self, out, y):
+        return torch.nn.functional.cross_entropy(out.flatten(0, -2), y.flatten().long(),
+                                                 reduction="none").reshape(y.shape)
+
+    def _logits(self, theta: torch.Tensor, x: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        params = self.unflatten(theta)
+        return torch.cat([self._apply_one(params, x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
+
+    def evaluate(self, theta, x, y):
+        return _classification_metrics(self._logits(theta, x), y)
+
+    def client_scores(self, theta, x, y, mask):
+        k, h = x.shape[:2]
+        pred = self._logits(theta, x.reshape(k * h, *x.shape[2:])).argmax(-1).reshape(k, h)
+        return _masked_mean((pred == y).float(), mask)
+
+
+MODELS: dict[str, Callable[..., Model]] = {"lr": LinearRegression, "lg": LogisticRegression,
+                                           "mc": SoftmaxRegression, "mlc": MultiLabelLogistic,
+                                           "cnn": FedAvgCNN}
 
 
 def build_model(task: str, input_shape: tuple[int, ...], n_outputs: int = 1) -> Model:
-    """The model of a task family for inputs of ``input_shape``."""
+    """The model of a task family for inputs of ``input_shape`` (n_outputs: classes or labels)."""
     if task not in MODELS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(MODELS)}")
+    p_in = int(math.prod(input_shape))
     if task == "lr":
-        return LinearRegression(int(math.prod(input_shape)))
-    return MODELS[task](input_shape, n_outputs)
+        return LinearRegression(p_in)
+    if task == "lg":
+        return LogisticRegression(p_in)
+    if task in ("mc", "mlc"):
+        return MODELS[task](p_in, int(n_outputs))
+    return FedAvgCNN(tuple(input_shape), int(n_outputs))

@@ -88,7 +88,9 @@ class _Progress:
     def __init__(self, total: int, enabled: bool, task: str):
         self.enabled = enabled
         self.total = total
-        self.metric = {"lr": "r2"}.get(task, "accuracy")
+        from raysim.report import TEST_METRIC
+
+        self.metric = TEST_METRIC.get(task, "accuracy")
         self._bar = None
         self._last_plain = -1.0
         if enabled:

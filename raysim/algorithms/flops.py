@@ -76,6 +76,8 @@ class FLoPS(Algorithm):
         super().__init__(cfg, model, schedule)
         self.gp = gates.GateParams(gamma=cfg.gamma, zeta=cfg.zeta, beta=cfg.beta)
         self.eta_lambda = cfg.eta_lambda if cfg.eta_lambda is not None else 1.0 / model.p
+        #: entropy strength tau_0 (section 4); the entropy variants replace a 0 by DEFAULT_TAU0
+        self.tau0 = cfg.tau0
 
     # -- state ---------------------------------------------------------------------------
     def init_state(self, seed: int) -> State:
@@ -124,7 +126,7 @@ class FLoPS(Algorithm):
         cfg, p = self.cfg, self.model.p
         theta, phi, lam = state["theta"], state["phi"], float(state["lam"])
         t = ctx.step
-        tau = tau_at(t, cfg.tau0, ctx.schedule.tau_end, cfg.tau_schedule)
+        tau = tau_at(t, self.tau0, ctx.schedule.tau_end, cfg.tau_schedule)
         if agg.weight > 0:
             g_th = agg.mean["theta"]
             g_ph = agg.mean["phi"] + lam * gates.density_grad(phi, self.gp)
@@ -137,14 +139,20 @@ class FLoPS(Algorithm):
                 g_ph = _Adam.direction(state["opt"], "phi", g_ph, n_upd)
             theta = theta - cfg.eta_theta * g_th
             phi = (phi - cfg.eta_phi * g_ph).clamp(-gates.PHI_LIMIT, gates.PHI_LIMIT)
-        # dual step with restart (section 2, step 6)
+        state.update(tau=tau)
+        return self.dual_and_prune(state, theta, phi, ctx)
+
+    def dual_and_prune(self, state: State, theta: torch.Tensor, phi: torch.Tensor, ctx: StepContext) -> State:
+        """Dual step with restart (section 2, step 6), then gate scaling from prune_start (section 3)."""
+        cfg, p, t = self.cfg, self.model.p, ctx.step
+        lam = float(state["lam"])
         c = float(gates.expected_density(phi.double(), self.gp)) - cfg.rho
         lam = 0.0 if c <= 0 else max(0.0, lam + self.eta_lambda * c)
         active = state.get("active")
         if t >= ctx.schedule.prune_start:
             active = gates.top_m(phi, theta[:p], self.m, self.gp)
             phi = gates.scale(phi, active, cfg.gate_decay, self.gp)
-        state.update(theta=theta, phi=phi, lam=lam, t=t + 1, active=active, tau=tau)
+        state.update(theta=theta, phi=phi, lam=lam, t=t + 1, active=active)
         return state
 
     def deployed(self, state: State, final: bool = False) -> torch.Tensor:
@@ -179,3 +187,18 @@ class FLoPS(Algorithm):
 
     def gate_probs(self, state: State) -> torch.Tensor:
         return gates.prob_nonzero(state["phi"].double(), self.gp)
+
+
+#: tau_0 used by flops-ent and flops-pa-ent when ``algorithm.tau0`` is left at 0
+DEFAULT_TAU0 = 0.05
+
+
+class FLoPSEnt(FLoPS):
+    """FLoPS with entropy-regularised gates (section 4): tau_0 defaults to DEFAULT_TAU0 = 0.05
+    (per gate, the middle of the useful range 1e-3..1 on a log scale) when ``tau0`` is 0."""
+
+    name = "flops-ent"
+
+    def __init__(self, cfg: Any, model, schedule):
+        super().__init__(cfg, model, schedule)
+        self.tau0 = cfg.tau0 if cfg.tau0 > 0 else DEFAULT_TAU0

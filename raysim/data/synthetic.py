@@ -6,6 +6,12 @@
   Sigma_ij = rho_cor^|i-j| (an AR(1) recursion, no Cholesky) and mu_k ~ N(0, h_cov^2 I);
   n_k = max(n_min, round(n LogNormal(0, sigma_q))).
 * lr: y = x . beta_k + noise, noise variance beta*' Sigma beta* / SNR.
+* lg: y ~ Bernoulli(sigmoid(x . beta_k)).
+* mc (n_classes C): W* ``[p, C]`` has the rows S* non-zero (entries as for beta*), zero
+  elsewhere; W_k = W* + h_coef N(0, 1) on the rows S*; y ~ Categorical(softmax(x W_k)).
+* mlc (n_labels L): W* as for mc; label l ~ Bernoulli(sigmoid(x . W_k[:, l] + b_l)), with b_l
+  solved once (Gauss-Hermite quadrature over the logit's N(0, W*_l' Sigma W*_l) law) so that
+  a label is on with probability label_rate (default 0.2).
 * Test set: the uniform mixture of the clients' distributions; each client also gets a
   held-out split of round(holdout_frac n_k) samples (at least 1) for the fairness metrics.
 
@@ -21,6 +27,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from raysim import rng as rngmod
+from raysim.config import ConfigError
 from raysim.data.federation import ClientData, Federation
 
 
@@ -55,10 +62,13 @@ class SyntheticFederation(Federation):
         self.cfg = cfg
         self.seed = int(seed)
         self.task = cfg.task
+        if self.task not in ("lr", "lg", "mc", "mlc"):
+            raise ConfigError(f"data.task = {self.task!r} has no synthetic generator (synthetic tasks: lr, lg, mc, "
+                              "mlc); the cnn needs image data (a real dataset)")
         p = cfg.p
         self.p = p
         self.input_shape = (p,)
-        self.n_outputs = 1
+        self.n_outputs = {"mc": getattr(cfg, "n_classes", 10), "mlc": getattr(cfg, "n_labels", 20)}.get(self.task, 1)
         self.n_clients = cfg.n_clients
         g = rngmod.generator(self.seed, "support")
         s = max(1, int(round(cfg.rho_true * p)))
@@ -66,18 +76,38 @@ class SyntheticFederation(Federation):
         self.true_support = np.zeros(p, dtype=bool)
         self.true_support[self.support] = True
         self.beta_star = self._coefficients(g)
-        self.noise_var = toeplitz_quadratic(self._beta_vec(self.beta_star), self.support, cfg.rho_cor) / cfg.snr
+        self.noise_var = 0.0
+        if self.task == "lr":
+            self.noise_var = toeplitz_quadratic(self._beta_vec(self.beta_star), self.support, cfg.rho_cor) / cfg.snr
+        self.label_bias = None
+        if self.task == "mlc":
+            self.label_bias = self._label_bias(getattr(cfg, "label_rate", 0.2))
         self._sizes: np.ndarray | None = None
 
     # -- ground truth ------------------------------------------------------------------
     def _coefficients(self, g: np.random.Generator) -> np.ndarray:
+        """beta* on S* (``[s]``, lr and lg) or the rows S* of W* (``[s, C]``, mc and mlc)."""
         s = len(self.support)
-        return g.uniform(0.5, 1.5, size=s) * g.choice([-1.0, 1.0], size=s)
+        shape = (s,) if self.n_outputs == 1 and self.task in ("lr", "lg") else (s, self.n_outputs)
+        return g.uniform(0.5, 1.5, size=shape) * g.choice([-1.0, 1.0], size=shape)
 
     def _beta_vec(self, coef_on_support: np.ndarray) -> np.ndarray:
-        beta = np.zeros(self.p)
+        beta = np.zeros((self.p, *coef_on_support.shape[1:]))
         beta[self.support] = coef_on_support
         return beta
+
+    def _label_bias(self, rate: float) -> np.ndarray:
+        """b_l with E[sigmoid(s + b_l)] = rate for s ~ N(0, W*_l' Sigma W*_l) (mlc)."""
+        from scipy.optimize import brentq
+        from scipy.special import expit
+
+        nodes, weights = np.polynomial.hermite_e.hermegauss(64)
+        weights = weights / weights.sum()
+        out = np.zeros(self.n_outputs)
+        for l in range(self.n_outputs):
+            sd = np.sqrt(toeplitz_quadratic(self._beta_vec(self.beta_star[:, l]), self.support, self.cfg.rho_cor))
+            out[l] = brentq(lambda b: float(weights @ expit(sd * nodes + b)) - rate, -200.0, 200.0)
+        return out
 
     def client_params(self, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(beta_k on S*, mu_k or None) of client k."""
@@ -103,9 +133,22 @@ class SyntheticFederation(Federation):
         return max(1, int(round(self.cfg.holdout_frac * n_k))) if self.cfg.holdout_frac > 0 else 0
 
     def _labels(self, g: np.random.Generator, x: np.ndarray, coef: np.ndarray) -> np.ndarray:
-        beta = self._beta_vec(coef)
-        y = x.astype(np.float64) @ beta + g.normal(0.0, np.sqrt(self.noise_var), size=x.shape[0])
-        return y.astype(np.float32)
+        if self.task == "lr":
+            y = x.astype(np.float64) @ self._beta_vec(coef) + g.normal(0.0, np.sqrt(self.noise_var), size=x.shape[0])
+            return y.astype(np.float32)
+        # Only the support columns matter: x[:, S*] @ coef (= x @ W, in O(n |S*| C)).
+        lin = x[:, self.support].astype(np.float64) @ coef
+        if self.task == "lg":
+            return (g.random(x.shape[0]) < _sigmoid(lin)).astype(np.float32)
+        if self.task == "mc":
+            z = lin - lin.max(1, keepdims=True)
+            prob = np.exp(z)
+            prob /= prob.sum(1, keepdims=True)
+            u = g.random((x.shape[0], 1))
+            y = (prob.cumsum(1) < u).sum(1)
+            return np.minimum(y, self.n_outputs - 1).astype(np.int64)
+        # mlc
+        return (g.random(lin.shape) < _sigmoid(lin + self.label_bias[None, :])).astype(np.float32)
 
     def _draw(self, g: np.random.Generator, n: int, coef: np.ndarray, mu: np.ndarray | None):
         x = ar1_features(g, n, self.p, self.cfg.rho_cor, mu)
@@ -133,3 +176,9 @@ class SyntheticFederation(Federation):
             xs.append(x)
             ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(z)

@@ -1,0 +1,236 @@
+"""Vectorised multi-epoch local training, shared by every algorithm that communicates once
+per round (FLoPS-PA and the baselines of ALGORITHMS.md sections 5 and 6).
+
+A round (one communication step, ``per_step = False``):
+
+1. the server broadcasts the global model;
+2. every selected client of a cohort trains from it for ``local_epochs`` epochs of
+   mini-batch SGD. The cohort is trained *together*: the clients' parameters are stacked
+   into one ``[K, P]`` tensor and the loop runs over local steps only, never over clients.
+   Client k runs ``E * ceil(n_k / b)`` steps (times its participation ``work`` fraction, at
+   least one); a client that has finished is masked out of the remaining steps;
+3. the cohort returns the float64 weighted sum ``sum_k c_k (theta_k - theta)`` of its deltas
+   (``c_k = n_k`` or 1) and ``sum_k c_k``, one message per actor (plus per-client scalars);
+4. the server adds ``server_lr`` times the averaged delta and applies its own step.
+
+Mini-batches: each local epoch of client k is a random permutation of its n_k samples
+keyed by (seed, "local-batch", client id, round * 2^20 + epoch), cut into consecutive
+batches of b (the last one may be smaller). Gate noise (FLoPS-PA) of local step s of round
+t is keyed by (seed, "gate-noise", client id, t * 2^20 + s). Both are independent of the
+cohort a client is trained with, so results do not depend on the Ray layout.
+
+Communication (section 9): the server records the bytes of what it broadcast
+(:meth:`LocalTraining.down_bytes`, per selected client) and every cohort reports the bytes
+its clients uploaded (``Partial.extra["up_bytes"]``), so sparse payloads are counted with
+their actual number of non-zeros.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from raysim import rng as rngmod
+from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights)
+from raysim.data.federation import StackedClients
+from raysim.metrics import FLOAT_BYTES, tensor_bytes
+
+#: stride between rounds in the counters of the local random streams (2^20 local steps per round)
+LOCAL_STRIDE = 1 << 20
+
+
+def hard_threshold(v: torch.Tensor, m: int) -> torch.Tensor:
+    """H_m: keep the m largest |v| of each row (of the last axis), zero the rest."""
+    if m >= v.shape[-1]:
+        return v
+    if m <= 0:
+        return torch.zeros_like(v)
+    idx = torch.topk(v.abs(), m, dim=-1).indices
+    mask = torch.zeros_like(v, dtype=torch.bool).scatter_(-1, idx, True)
+    return torch.where(mask, v, torch.zeros_like(v))
+
+
+def top_m_mask(v: torch.Tensor, m: int) -> torch.Tensor:
+    """Boolean mask of the m largest |v| (ties: smaller index first)."""
+    p = v.numel()
+    mask = torch.zeros(p, dtype=torch.bool)
+    if m <= 0:
+        return mask
+    mag = v.detach().abs().double().numpy()
+    order = np.lexsort((np.arange(p), -mag))
+    mask[torch.from_numpy(order[: min(m, p)].copy())] = True
+    return mask
+
+
+def sparse_model_bytes(theta: torch.Tensor, p: int) -> int:
+    """Bytes of a model whose gated part is sent sparse (section 9) and the rest dense."""
+    nnz = int(torch.count_nonzero(theta[:p]))
+    return tensor_bytes(p, nnz) + tensor_bytes(theta.numel() - p)
+
+
+class LocalTraining(Algorithm):
+    """Base class of the once-per-round algorithms: local SGD on stacked client parameters.
+
+    Subclasses override :meth:`local_objective` (the per-client loss that is differentiated),
+    :meth:`project` (applied after every local step), :meth:`server_step` and the byte
+    counts. Knobs: ``local_epochs``, ``batch_size``, ``eta_local`` (default ``eta_theta``),
+    ``server_lr``, ``weighting``.
+    """
+
+    per_step = False
+
+    def __init__(self, cfg: Any, model, schedule):
+        super().__init__(cfg, model, schedule)
+        self.eta = cfg.eta_local if cfg.eta_local is not None else cfg.eta_theta
+
+    # -- state ---------------------------------------------------------------------------
+    def init_state(self, seed: int) -> State:
+        theta = self.model.init_params(rngmod.generator(seed, "init")).float()
+        return {"theta": theta, "t": 0}
+
+    def broadcast(self, state: State) -> dict[str, Any]:
+        return {"theta": state["theta"].numpy()}
+
+    def deployed(self, state: State, final: bool = False) -> torch.Tensor:
+        return state["theta"].clone()
+
+    # -- local training machinery ------------------------------------------------------
+    def local_plan(self, data: StackedClients, idx: torch.Tensor, ctx: StepContext,
+                   work: np.ndarray | None) -> dict[str, Any]:
+        """Steps per client, epoch permutations and batch geometry for this round."""
+        dev = data.x.device
+        ids = data.ids[idx.cpu().numpy()]
+        n = data.n[idx]
+        n_max = data.x.shape[1]
+        E = int(self.cfg.local_epochs)
+        b = max(1, min(int(self.cfg.batch_size), n_max))
+        spe = torch.clamp((n + b - 1) // b, min=1)
+        steps = E * spe
+        if work is not None:
+            w = torch.as_tensor(np.asarray(work, dtype=np.float64), device=dev)
+            steps = torch.clamp(torch.ceil(w * steps.double()).long(), min=1, max=None).minimum(steps)
+        pos = torch.arange(n_max, device=dev)
+        perms = []
+        for e in range(E):
+            keys = torch.from_numpy(rngmod.uniform(ctx.seed, "local-batch", ids, ctx.step * LOCAL_STRIDE + e, n_max))
+            keys = keys.to(dev)
+            keys = torch.where(pos[None, :] < n[:, None], keys, torch.full_like(keys, 2.0))
+            perms.append(torch.argsort(keys, dim=1))
+        return {"ids": ids, "n": n, "b": b, "spe": spe, "steps": steps, "perms": torch.stack(perms), "E": E}
+
+    def local_batch(self, data: StackedClients, idx: torch.Tensor, plan: dict[str, Any], s: int):
+        """Mini-batch of local step s for every client: x ``[K, b, ...]``, y, mask ``[K, b]``, active ``[K]``."""
+        dev = data.x.device
+        n, b, spe, steps = plan["n"], plan["b"], plan["spe"], plan["steps"]
+        k = n.numel()
+        n_max = data.x.shape[1]
+        active = s < steps
+        epoch = torch.clamp(torch.div(s, spe, rounding_mode="floor"), max=plan["E"] - 1)
+        pos = s % spe
+        perm = plan["perms"][epoch, torch.arange(k, device=dev)]           # [K, n_max]
+        cols = pos[:, None] * b + torch.arange(b, device=dev)[None, :]   # [K, b]
+        mask = (cols < n[:, None]) & active[:, None]
+        order = torch.gather(perm, 1, cols.clamp(max=n_max - 1))
+        rows = idx[:, None].expand_as(order)
+        return data.x[rows, order], data.y[rows, order], mask, active
+
+    def run_local(self, carry: Any, data: StackedClients, idx: torch.Tensor, plan: dict[str, Any],
+                  step_fn: Callable[..., Any]) -> Any:
+        """Loop over local steps (not clients): ``carry = step_fn(carry, x, y, mask, active, s)``."""
+        for s in range(int(plan["steps"].max())):
+            xb, yb, mask, active = self.local_batch(data, idx, plan, s)
+            carry = step_fn(carry, xb, yb, mask, active, s)
+        return carry
+
+    def full_loss(self, theta: torch.Tensor, data: StackedClients, idx: torch.Tensor) -> torch.Tensor:
+        """Each client's loss F_k on all its training data at the broadcast model ``[P]``: ``[K]``."""
+        k = idx.numel()
+        n_max = data.x.shape[1]
+        mask = torch.arange(n_max, device=data.x.device)[None, :] < data.n[idx][:, None]
+        with torch.no_grad():
+            return self.model.client_loss(theta.expand(k, -1), data.x[idx], data.y[idx], mask)
+
+    # -- hooks ---------------------------------------------------------------------------
+    def local_objective(self, th: torch.Tensor, xb, yb, mask, anchor: torch.Tensor) -> torch.Tensor:
+        """The per-client objective ``[K]`` minimised locally (default: the mini-batch loss)."""
+        return self.model.client_loss(th, xb, yb, mask)
+
+    def grad_mask(self, payload: dict[str, Any], dev: torch.device) -> torch.Tensor | None:
+        """A fixed ``[P]`` mask of trainable parameters (None: all)."""
+        return None
+
+    def project(self, th: torch.Tensor) -> torch.Tensor:
+        """Applied to the stacked parameters after every local step (default: nothing)."""
+        return th
+
+    def upload_bytes(self, payload: dict[str, Any], theta_k: torch.Tensor, delta_k: torch.Tensor) -> int:
+        """Bytes all the given clients upload (``[K, P]``), default: dense delta + n_k each."""
+        return int(theta_k.shape[0]) * (tensor_bytes(self.model.P) + FLOAT_BYTES)
+
+    def down_bytes(self, state: State) -> int:
+        """Bytes of the broadcast to one client (default: the dense model)."""
+        return tensor_bytes(self.model.P)
+
+    def extra_sums(self, theta0, theta_k, delta, c, loss0, plan) -> dict[str, Any]:
+        """Additional per-actor aggregates (kept in ``Partial.extra``)."""
+        return {}
+
+    # -- client --------------------------------------------------------------------------
+    def sgd_step(self, anchor: torch.Tensor, gmask: torch.Tensor | None):
+        def step(th, xb, yb, mask, active, s):
+            th = th.detach().requires_grad_(True)
+            obj = self.local_objective(th, xb, yb, mask, anchor)
+            g = torch.autograd.grad(obj.sum(), th)[0]
+            g = g * active[:, None].to(g.dtype)
+            if gmask is not None:
+                g = g * gmask
+            return self.project(th.detach() - self.eta * g)
+        return step
+
+    def client_update(self, payload, data, idx, ctx: StepContext, work=None) -> Partial:
+        t0 = time.perf_counter()
+        dev = data.x.device
+        theta = torch.as_tensor(payload["theta"], device=dev)
+        plan = self.local_plan(data, idx, ctx, work)
+        k = idx.numel()
+        loss0 = self.full_loss(theta, data, idx)
+        th = self.run_local(theta.expand(k, -1).clone(), data, idx, plan,
+                            self.sgd_step(theta, self.grad_mask(payload, dev)))
+        delta = th - theta
+        n = data.n[idx]
+        c = client_weights(n, self.cfg.weighting).to(dev)
+        extra = {"up_bytes": self.upload_bytes(payload, th, delta)}
+        extra.update(self.extra_sums(theta, th, delta, c, loss0, plan))
+        return Partial(
+            sums={"delta": (c.double()[:, None] * delta.double()).sum(0).cpu().numpy()},
+            weight=float(c.double().sum()), client_ids=plan["ids"], client_loss=loss0.cpu().numpy(),
+            client_n=n.cpu().numpy(), client_steps=plan["steps"].cpu().numpy().astype(np.float64),
+            compute_s=time.perf_counter() - t0, extra=extra)
+
+    # -- server --------------------------------------------------------------------------
+    def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:
+        down = self.down_bytes(state)          # ``state`` is what was broadcast this round
+        up = int(sum(e.get("up_bytes", 0) for e in agg.extra))
+        theta = state["theta"]
+        if agg.weight > 0:
+            theta = theta + self.cfg.server_lr * self.combine(agg, state).to(theta.dtype)
+        state = self.server_step(dict(state), theta, agg, ctx)
+        state.update(t=ctx.step + 1, _down=down, _up=up)
+        return state
+
+    def combine(self, agg: Aggregate, state: State) -> torch.Tensor:
+        """The aggregated delta (default: the weighted mean sum_k w_k delta_k)."""
+        return agg.mean["delta"]
+
+    def server_step(self, state: State, theta: torch.Tensor, agg: Aggregate, ctx: StepContext) -> State:
+        state["theta"] = theta
+        return state
+
+    def comm_bytes(self, state: State, n_selected: int, n_reported: int) -> tuple[int, int]:
+        return n_selected * int(state.get("_down", self.down_bytes(state))), int(state.get("_up", 0))
+
+
+__all__ = ["LOCAL_STRIDE", "LocalTraining", "hard_threshold", "sparse_model_bytes", "top_m_mask"]

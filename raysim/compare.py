@@ -1,0 +1,255 @@
+"""``raysim compare COMPARE.toml``: several algorithms on one scenario over several seeds.
+
+A comparison file is an ordinary run configuration (``[run]``, ``[data]``, ``[participation]``,
+``[algorithm]``, ``[cluster]``: the shared scenario and defaults) plus a ``[compare]`` table::
+
+    [compare]
+    algorithms = ["flops", "flops-pa", "fed-ht", "fedavg"]   # algorithm.name of each arm
+    seeds = [0, 1, 2]                                       # run.seed of each repetition
+    out_dir = "results/compare/lr"                          # where everything is written
+    max_parallel = 2                                        # runs at once (default: what fits)
+
+    [compare.per_algorithm.fedavg]                          # optional overrides of one arm
+    algorithm = { local_epochs = 2 }
+
+Every (algorithm, seed) pair is one full raysim run; they run side by side on Ray (each with
+its server and client actors reserved up front) when ``raysim.cluster.parallel`` is
+available, one after the other otherwise. The output folder holds::
+
+    runs/<algorithm>-s<seed>/   the run directories
+    table.csv, table.md         mean and standard deviation over seeds of the final metrics
+    runs.csv                    the final metrics of every run
+    <metric>_rounds.png, <metric>_bytes.png, tdr_rounds.png, tdr_bytes.png
+                                mean over seeds, one line per algorithm, against rounds and
+                                against cumulative bytes (up + down)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raysim.cli import command
+from raysim.config import Config, ConfigError, _deep_merge, apply_overrides, read_toml, validate
+
+#: final metrics of the table (those a run does not have are left out)
+TABLE_METRICS = ["density", "nnz", "tdr", "tpr", "f1", "tdr_weight", "r2", "mse", "accuracy", "log_loss", "auc",
+                 "micro_f1", "macro_f1", "hamming_loss", "fair_mean", "fair_worst5", "cum_bytes_up",
+                 "cum_bytes_down", "wall_s"]
+
+
+def load_compare(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], list[Config]]:
+    """Read a comparison file: the ``[compare]`` table and the config of every run."""
+    data = apply_overrides(read_toml(path), overrides)
+    spec = data.pop("compare", None)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: no [compare] table; add one with algorithms = [...] and seeds = [...]")
+    allowed = {"algorithms", "seeds", "out_dir", "max_parallel", "per_algorithm", "name"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) in [compare]: {', '.join(sorted(unknown))}; "
+                          f"valid: {', '.join(sorted(allowed))}")
+    algos = spec.get("algorithms")
+    if not algos or not isinstance(algos, list):
+        raise ConfigError(f"{path}: compare.algorithms must be a non-empty list of algorithm names")
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"{path}: compare.seeds must be a non-empty list of non-negative integers")
+    per_algo = spec.get("per_algorithm", {}) or {}
+    for a in per_algo:
+        if a not in algos:
+            raise ConfigError(f"{path}: compare.per_algorithm.{a} names an algorithm that is not in compare.algorithms")
+    name = spec.get("name") or Path(path).stem
+    out_dir = Path(spec.get("out_dir") or Path("results") / "compare" / name)
+    cfgs = []
+    for a in algos:
+        for s in seeds:
+            d = _deep_merge(copy.deepcopy(data), per_algo.get(a, {}))
+            d.setdefault("algorithm", {})["name"] = a
+            run = d.setdefault("run", {})
+            run.update(seed=s, name=f"{a}-s{s}", run_dir=str(out_dir / "runs" / f"{a}-s{s}"), progress=False)
+            cfgs.append(validate(d, source=f"{path} (algorithm {a}, seed {s})"))
+    spec = {"name": name, "algorithms": algos, "seeds": seeds, "out_dir": out_dir,
+            "max_parallel": spec.get("max_parallel")}
+    return spec, cfgs
+
+
+def run_all(cfgs: list[Config], max_parallel: int | None) -> list[Any]:
+    """Every run, in parallel on Ray where the lead's parallel runner exists."""
+    try:
+        from raysim.cluster.parallel import run_many
+    except ImportError:  # pragma: no cover - sequential fallback: one Ray instance, one run at a time
+        import ray
+
+        from raysim.cluster.driver import init_ray
+        from raysim.runner import run
+
+        started = init_ray(cfgs[0])
+        out: list[Any] = []
+        try:
+            for i, c in enumerate(cfgs):
+                try:
+                    out.append(run(c, console_output=False))
+                except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+                    out.append(exc)
+                print(f"  [{i + 1}/{len(cfgs)}] {c.run.name}: "
+                      f"{'failed' if isinstance(out[-1], Exception) else 'done'}", flush=True)
+        finally:
+            if started:
+                ray.shutdown()
+        return out
+    return run_many(cfgs, max_parallel=max_parallel)
+
+
+def collect(spec: dict[str, Any], cfgs: list[Config], results: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(final metrics per run, metrics.csv rows of all runs) from the run directories."""
+    finals, curves = [], []
+    for cfg, res in zip(cfgs, results):
+        run_dir = Path(cfg.run.run_dir)
+        if isinstance(res, Exception) or not (run_dir / "summary.json").exists():
+            print(f"raysim compare: run {cfg.run.name} failed: {res}")
+            continue
+        summary = json.loads((run_dir / "summary.json").read_text())
+        row = {"algorithm": cfg.algorithm.name, "seed": cfg.run.seed, **summary["final"],
+               "wall_s": summary.get("wall_s")}
+        finals.append(row)
+        df = pd.read_csv(run_dir / "metrics.csv")
+        df.insert(0, "seed", cfg.run.seed)
+        df.insert(0, "algorithm", cfg.algorithm.name)
+        curves.append(df)
+    if not finals:
+        raise RuntimeError("every run of the comparison failed")
+    return pd.DataFrame(finals), pd.concat(curves, ignore_index=True)
+
+
+def summary_table(finals: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per algorithm (columns ``<metric>_mean/_std``)."""
+    cols = [c for c in TABLE_METRICS if c in finals and finals[c].notna().any()]
+    g = finals.groupby("algorithm")[cols]
+    mean, std = g.mean(), g.std(ddof=1)
+    out = pd.DataFrame(index=[a for a in order if a in mean.index])
+    out["seeds"] = finals.groupby("algorithm")["seed"].count()
+    for c in cols:
+        out[f"{c}_mean"] = mean[c]
+        out[f"{c}_std"] = std[c]
+    out.index.name = "algorithm"
+    return out
+
+
+def _fmt(mean: float, std: float, col: str) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    if "bytes" in col:
+        return f"{mean / 1e6:.3g} ± {0 if np.isnan(std) else std / 1e6:.2g}"
+    if col == "nnz":
+        return f"{mean:.1f} ± {0 if np.isnan(std) else std:.1f}"
+    if col == "wall_s":
+        return f"{mean:.1f} ± {0 if np.isnan(std) else std:.1f}"
+    return f"{mean:.4f} ± {0 if np.isnan(std) else std:.4f}"
+
+
+def markdown_table(table: pd.DataFrame, title: str) -> str:
+    metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
+    head = ["algorithm", "seeds"] + [m.replace("cum_bytes_up", "MB up").replace("cum_bytes_down", "MB down")
+                                     .replace("wall_s", "wall s") for m in metrics]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for algo, r in table.iterrows():
+        cells = [str(algo), str(int(r["seeds"]))] + [_fmt(r[f"{m}_mean"], r[f"{m}_std"], m) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Mean ± standard deviation over seeds of the final round (bytes in MB, cumulative).")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str]) -> list[Path]:
+    """Test metric and TDR against rounds and cumulative bytes: mean over seeds, one line per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = curves.copy()
+    curves["cum_bytes"] = curves["cum_bytes_up"] + curves["cum_bytes_down"]
+    paths = []
+    for col in (metric, "tdr"):
+        if col not in curves or curves[col].isna().all():
+            continue
+        for xcol, xlabel, suffix in (("round", "round", "rounds"), ("cum_bytes", "cumulative bytes (up + down)", "bytes")):
+            fig, ax = plt.subplots(figsize=(6.5, 4.2))
+            for algo in order:
+                d = curves[curves["algorithm"] == algo]
+                if d.empty:
+                    continue
+                g = d.groupby("round").agg(x=(xcol, "mean"), y=(col, "mean"), s=(col, "std")).dropna(subset=["y"])
+                line, = ax.plot(g["x"], g["y"], label=algo, lw=1.4)
+                ax.fill_between(g["x"], g["y"] - g["s"].fillna(0), g["y"] + g["s"].fillna(0),
+                                color=line.get_color(), alpha=0.12, lw=0)
+            if xcol == "cum_bytes":
+                ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(col)
+            ax.set_title(f"{col} of the deployed model (mean ± std over seeds)")
+            ax.legend(fontsize=7, ncol=2)
+            fig.tight_layout()
+            path = out_dir / f"{col}_{suffix}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str | None = None,
+            max_parallel: int | None = None) -> tuple[pd.DataFrame, Path]:
+    """Run a comparison file and write its table and plots; returns (table, output folder)."""
+    from raysim.report import TEST_METRIC
+
+    spec, cfgs = load_compare(path, overrides)
+    if out_dir is not None:
+        new = Path(out_dir)
+        cfgs = [c.model_copy(update={"run": c.run.model_copy(update={
+            "run_dir": str(new / "runs" / Path(c.run.run_dir).name)})}) for c in cfgs]
+        spec["out_dir"] = new
+    out = Path(spec["out_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"raysim compare: {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) "
+          f"-> {out}", flush=True)
+    results = run_all(cfgs, max_parallel or spec["max_parallel"])
+    finals, curves = collect(spec, cfgs, results)
+    task = cfgs[0].data.task
+    metric = TEST_METRIC.get(task, "accuracy")
+    table = summary_table(finals, spec["algorithms"])
+    finals.to_csv(out / "runs.csv", index=False)
+    curves.to_csv(out / "curves.csv", index=False)
+    table.to_csv(out / "table.csv")
+    c0 = cfgs[0]
+    title = (f"{spec['name']}: task {task}, p = {c0.data.p}, rho = {c0.algorithm.rho}, {c0.data.n_clients} clients, "
+             f"{c0.run.rounds} rounds, seeds {', '.join(map(str, spec['seeds']))}")
+    (out / "table.md").write_text(markdown_table(table, title))
+    plot_curves(curves, out, metric, spec["algorithms"])
+    failed = [c.run.name for c, r in zip(cfgs, results) if isinstance(r, Exception)]
+    if failed:
+        print(f"raysim compare: {len(failed)} run(s) failed: {', '.join(failed)}")
+    return table, out
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="comparison TOML: a run config plus a [compare] table (algorithms, seeds)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value for every run, e.g. --set run.rounds=50 (repeatable)")
+    p.add_argument("--out", help="output folder (default: compare.out_dir)")
+    p.add_argument("--max-parallel", type=int, default=None, help="runs at once (default: compare.max_parallel)")
+
+
+@command("compare", "run several algorithms on one scenario over several seeds; write a table and plots")(_compare_args)
+def cmd_compare(args: argparse.Namespace) -> int:
+    table, out = compare(args.config, args.overrides, args.out, args.max_parallel)
+    print((out / "table.md").read_text())
+    print(f"written: {out}/table.csv, table.md, runs.csv, curves.csv and plots")
+    return 0
