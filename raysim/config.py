@@ -69,6 +69,10 @@ class DataSection(_Section):
     sigma_q: float = Field(0.0, ge=0, description="Quantity skew: n_k = max(n_min, round(n LogNormal(0, sigma_q))).")
     test_samples: int = Field(10000, ge=1, description="Global test set size (mixture of the clients' distributions).")
     holdout_frac: float = Field(0.2, ge=0, lt=1, description="Per-client held-out samples (fraction of n_k) for the fairness metrics.")
+    val_samples: int = Field(
+        0, ge=0,
+        description="Validation set size: a mixture draw separate from the test set (its own 'val' random "
+                    "streams), evaluated as val_* metrics; 0: no validation set. Tuning objectives use it.")
 
 
 class ParticipationSection(_Section):

@@ -45,6 +45,10 @@ class Federation:
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
+    def val_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """A validation set of ``n`` samples drawn independently of the test set (for tuning)."""
+        raise NotImplementedError(f"{type(self).__name__} has no validation split; set data.val_samples = 0")
+
     def stats(self) -> dict[str, Any]:
         """Heterogeneity statistics of the federation (recorded in the run directory)."""
         sizes = self.client_sizes()

@@ -133,3 +133,12 @@ class SyntheticFederation(Federation):
             xs.append(x)
             ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
+
+    def val_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """n draws from the same mixture as the test set, from the independent 'val' streams."""
+        g = rngmod.generator(self.seed, "val")
+        owner = np.sort(g.integers(0, self.n_clients, size=n))
+        ks, counts = np.unique(owner, return_counts=True)
+        draws = [self._draw(rngmod.generator(self.seed, "val-data", int(k)), int(c), *self.client_params(int(k)))
+                 for k, c in zip(ks, counts)]
+        return np.concatenate([x for x, _ in draws]), np.concatenate([y for _, y in draws])
