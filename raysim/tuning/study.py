@@ -91,12 +91,13 @@ def make_pruner(spec: StudySpec, rounds: int) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if s.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, s.n_warmup_rounds), max_resource=max(rounds, 2))
-    return optuna.pruners.MedianPruner(n_startup_trials=s.n_startup_trials, n_warmup_steps=s.n_warmup_rounds)
+    # intermediate values are reported at rounds 1, 2, ...: prunable from round n_warmup_rounds + 1
+    return optuna.pruners.MedianPruner(n_startup_trials=s.n_startup_trials, n_warmup_steps=s.n_warmup_rounds + 1)
 
 
 def open_study(spec: StudySpec, location: str, rounds: int = 10) -> optuna.Study:
     """Create or load the study in its storage; checks that an existing one matches the spec."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by the runner itself
     storage = open_storage(location)
     directions = spec.objective.directions
     try:
@@ -110,7 +111,9 @@ def open_study(spec: StudySpec, location: str, rounds: int = 10) -> optuna.Study
     if have != directions:
         raise ConfigError(f"storage {location} holds study {spec.study.name!r} with directions {have}, but the "
                           f"study file asks for {directions}; use another --storage / --out, or rename the study")
-    study.set_metric_names(spec.objective.metrics)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(spec.objective.metrics)
     return study
 
 
@@ -213,7 +216,7 @@ class _TrialRunner:
             cfg = build_config(spec, values, {**self.overrides, "run.run_dir": str(run_dir),
                                               "run.name": f"{spec.study.name}-trial-{trial.number}"})
         except ConfigError as exc:
-            return self._fail(trial, f"invalid trial config: {exc}")
+            return self._fail(trial, str(exc))
         trial.set_user_attr("config", cfg.to_toml_dict())
         trial.set_user_attr("run_dir", str(run_dir))
         reporter = self.reporters.get()
