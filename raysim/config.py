@@ -112,6 +112,11 @@ class PartitionSection(_Section):
                                 "over the clients. With it set, client k's data depends only on the seed and the "
                                 "clients before it, not on n_clients.")
 
+    val_samples: int = Field(
+        0, ge=0,
+        description="Validation set size: a mixture draw separate from the test set (its own 'val' random "
+                    "streams), evaluated as val_* metrics; 0: no validation set. Tuning objectives use it.")
+
 
 class ParticipationSection(_Section):
     """Which clients take part in each communication step (DATA.md section 4)."""

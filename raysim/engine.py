@@ -110,6 +110,10 @@ class ServerCore:
         x, y = c.fed.test_set()
         self.x_test = torch.as_tensor(x)
         self.y_test = torch.as_tensor(y)
+        self.x_val = self.y_val = None
+        if cfg.data.val_samples > 0:  # validation split for tuning objectives, never the test set
+            xv, yv = c.fed.val_set(cfg.data.val_samples)
+            self.x_val, self.y_val = torch.as_tensor(xv), torch.as_tensor(yv)
         self.true_support = None
         if c.fed.true_support is not None and c.model.gated_feature_index() is not None:
             self.feature_index = c.model.gated_feature_index()
@@ -195,6 +199,8 @@ class ServerCore:
                 out.update({f"{k}_weight": v for k, v in per_w.items()})
         with torch.no_grad():
             out.update(model.evaluate(theta, self.x_test, self.y_test))
+            if self.x_val is not None:
+                out.update({f"val_{k}": v for k, v in model.evaluate(theta, self.x_val, self.y_val).items()})
         return out
 
     # -- checkpoints -------------------------------------------------------------------

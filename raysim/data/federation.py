@@ -52,6 +52,10 @@ class Federation:
     def label_names(self) -> list[str]:
         return []
 
+    def val_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """A validation set of ``n`` samples drawn independently of the test set (for tuning)."""
+        raise NotImplementedError(f"{type(self).__name__} has no validation split; set data.val_samples = 0")
+
     def stats(self) -> dict[str, Any]:
         """Heterogeneity statistics of the federation (recorded in the run directory).
 

@@ -182,3 +182,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     from scipy.special import expit
 
     return expit(z)
+
+    def val_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """n draws from the same mixture as the test set, from the independent 'val' streams."""
+        g = rngmod.generator(self.seed, "val")
+        owner = np.sort(g.integers(0, self.n_clients, size=n))
+        ks, counts = np.unique(owner, return_counts=True)
+        draws = [self._draw(rngmod.generator(self.seed, "val-data", int(k)), int(c), *self.client_params(int(k)))
+                 for k, c in zip(ks, counts)]
+        return np.concatenate([x for x, _ in draws]), np.concatenate([y for _, y in draws])

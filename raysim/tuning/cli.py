@@ -1,0 +1,96 @@
+"""``raysim tune`` and ``raysim tune-report`` (registered through ``raysim.cli.PLUGINS``).
+
+    raysim tune tuning/STUDY.toml [--n-trials N] [--timeout S] [--parallel K] [--storage URL]
+                                  [--out DIR] [--set KEY=VALUE ...] [--check]
+    raysim tune-report STUDY_DIR [--storage URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from raysim.cli import command
+from raysim.config import parse_override
+
+
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study file (TOML), e.g. tuning/lr-ratios.toml")
+    p.add_argument("--n-trials", type=int, help="total trials (finished ones in the storage count; default study.n_trials)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after S seconds")
+    p.add_argument("--parallel", type=int, help="trials at once on Ray (default study.parallel)")
+    p.add_argument("--storage", help="Optuna storage: RDB URL (postgresql://..., mysql://..., sqlite:///...) "
+                                     "or journal file path (default <out>/study.journal)")
+    p.add_argument("--out", help="study folder (default <study.out_dir>/<study.name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config key for every trial, on top of [fixed] (repeatable)")
+    p.add_argument("--check", action="store_true", help="validate the study file and print the space; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-trial lines")
+
+
+@command("tune", "run (or resume) an Optuna study whose trials are raysim runs")(_tune_args)
+def cmd_tune(args: argparse.Namespace) -> int:
+    from raysim.config import ConfigError
+    from raysim.tuning.spec import load_spec, param_distributions
+
+    for name, val in (("--n-trials", args.n_trials), ("--parallel", args.parallel)):
+        if val is not None and val < 1:
+            raise ConfigError(f"{name} = {val}: must be at least 1")
+    spec = load_spec(args.study)
+    overrides = {".".join(k): v for k, v in (parse_override(o) for o in args.overrides)}
+    if args.check:
+        from raysim.tuning.space import check_spec
+
+        cfg, problems = check_spec(spec, overrides)
+        print(f"study {spec.study.name}: OK ({spec.study.n_trials} trials, objective "
+              f"{spec.objective.metrics} {spec.objective.directions})")
+        for name, dist in param_distributions(spec).items():
+            p = spec.space.get(name)
+            where = f" -> {p.key}" + (f" (x {p.times})" if p.times else "") + (f" (/ {p.per})" if p.per else "") if p else " (switch)"
+            print(f"  {name}: {dist}{where}")
+        print(f"  scenario: {cfg.data.n_clients} clients, p = {cfg.data.p}, {cfg.run.rounds} rounds, "
+              f"algorithm {cfg.algorithm.name}")
+        for w in problems:
+            print(f"  warning: {w}")
+        return 0
+    from raysim.tuning.study import run_study
+
+    res = run_study(spec, n_trials=args.n_trials, timeout=args.timeout, parallel=args.parallel,
+                    storage=args.storage, out=args.out, overrides=overrides, progress=not args.no_progress)
+    _print_summary(res.report, res.study_dir)
+    return 0
+
+
+def _print_summary(summary: dict, study_dir) -> None:
+    from rich.console import Console
+
+    c = Console()
+    states = ", ".join(f"{k.lower()} {v}" for k, v in summary.get("states", {}).items())
+    c.print(f"study {summary.get('study')}: {summary.get('trials')} trials ({states})")
+    sess = summary.get("last_session", {})
+    if sess.get("wall_s"):
+        c.print(f"this session: {sess.get('new_trials')} trials in {sess['wall_s']:.0f} s "
+                f"({sess.get('trials_per_hour', 0):.0f} trials/hour, {sess.get('parallel')} at a time)")
+    if "best" in summary:
+        b = summary["best"]
+        vals = ", ".join(f"{k}={v:.5g}" for k, v in b["values"].items())
+        c.print(f"best feasible trial {b['trial']}: {vals}  params {json.dumps(b['params'], default=str)}")
+    c.print(f"report: {study_dir / 'report'}")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study_dir", help="a study folder written by `raysim tune` (holds study.json)")
+    p.add_argument("--storage", help="storage URL or journal path (default: the one in study.json)")
+
+
+@command("tune-report", "write the report of a study folder (tables, importances, plots, best config)")(_report_args)
+def cmd_tune_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raysim.tuning.report import write_report
+    from raysim.tuning.study import load_from_dir
+
+    study = load_from_dir(args.study_dir, args.storage)
+    summary = write_report(study, args.study_dir)
+    _print_summary(summary, Path(args.study_dir))
+    return 0

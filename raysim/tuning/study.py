@@ -1,0 +1,424 @@
+"""The study runner: an Optuna study whose trials are whole raysim runs on Ray.
+
+Design (how a trial runs and how its intermediate values reach the study):
+
+* The driver owns the study and asks Optuna for trials from ``parallel`` threads
+  (``study.optimize(n_jobs=parallel)``). Each thread turns its trial into a config
+  (:mod:`raysim.tuning.space`), reserves the run's server + client actor resources in one
+  placement group (:func:`raysim.cluster.parallel.reserve`, all-or-nothing, so trials waiting
+  for resources never hold half of them and never deadlock) and runs the whole run as a Ray
+  task inside it (:func:`raysim.cluster.parallel.run_remote`).
+* Intermediate values go through the Optuna storage itself. The run's ``on_eval`` hook calls a
+  small :class:`TrialReporter` actor (one per parallel slot, pinned to the driver's node, so
+  a journal file on the driver's disk works in a cluster too) that writes
+  ``trial.report(value, round)`` to the storage and answers ``trial.should_prune()``; a
+  "stop" ends the run (``StopRun``) and the driver records the trial as PRUNED. The pruner
+  sees every trial's values, whichever process wrote them.
+* Storage is resumable: a journal file by default (safe for several writers), an RDB URL on
+  clusters. On start, trials left RUNNING by a killed study are marked FAIL, and only
+  ``n_trials - (COMPLETE + PRUNED + FAIL)`` new trials are run. A trial that raises is
+  recorded as FAIL with its error in the ``error`` user attribute, and the study goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import shutil
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from raysim.config import ConfigError
+from raysim.tuning.objectives import CONSTRAINTS_ATTR, constraint_values, constraints_func, objective_values
+from raysim.tuning.space import build_config, check_spec, suggest
+from raysim.tuning.spec import StudySpec
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+STALE_ERROR = "interrupted: left RUNNING by a study that was killed; marked failed on resume"
+
+
+class TrialFailed(RuntimeError):
+    """A trial failed; the message is recorded in the trial's ``error`` user attribute."""
+
+
+# -- storage --------------------------------------------------------------------------------
+
+def storage_location(spec: StudySpec, study_dir: Path, override: str | None = None) -> str:
+    """The storage of a study: ``--storage``, else ``study.storage``, else <study_dir>/study.journal."""
+    s = override or spec.study.storage
+    if s is None:
+        return str(study_dir / "study.journal")
+    return s if "://" in s else str(Path(s))
+
+
+def open_storage(location: str) -> optuna.storages.BaseStorage:
+    """An RDB storage for a URL (postgresql://, mysql://, sqlite:///), else a journal file."""
+    if "://" in location:
+        return optuna.storages.RDBStorage(location)
+    from optuna.storages.journal import JournalFileBackend
+
+    Path(location).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(location))
+
+
+#: Optuna >= 5 takes constraints from ``Trial.set_constraint``; older versions from the
+#: sampler's ``constraints_func`` (which reads the same values from the user attributes).
+NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    s = spec.study
+    cons = {} if NATIVE_CONSTRAINTS else {"constraints_func": constraints_func}
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, **cons)
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, **cons)
+
+
+def make_pruner(spec: StudySpec, rounds: int) -> optuna.pruners.BasePruner:
+    s = spec.study
+    if s.pruner == "none" or spec.objective.multi:
+        return optuna.pruners.NopPruner()
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, s.n_warmup_rounds), max_resource=max(rounds, 2))
+    # intermediate values are reported at rounds 1, 2, ...: prunable from round n_warmup_rounds + 1
+    return optuna.pruners.MedianPruner(n_startup_trials=s.n_startup_trials, n_warmup_steps=s.n_warmup_rounds + 1)
+
+
+def open_study(spec: StudySpec, location: str, rounds: int = 10) -> optuna.Study:
+    """Create or load the study in its storage; checks that an existing one matches the spec."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by the runner itself
+    storage = open_storage(location)
+    directions = spec.objective.directions
+    try:
+        study = optuna.create_study(study_name=spec.study.name, storage=storage, directions=directions,
+                                    sampler=make_sampler(spec), pruner=make_pruner(spec, rounds),
+                                    load_if_exists=True)
+    except ValueError as exc:
+        raise ConfigError(f"storage {location} holds a study named {spec.study.name!r} that does not match "
+                          f"this study file ({exc}); use another --storage / --out, or rename the study") from None
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise ConfigError(f"storage {location} holds study {spec.study.name!r} with directions {have}, but the "
+                          f"study file asks for {directions}; use another --storage / --out, or rename the study")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(spec.objective.metrics)
+    return study
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark trials left RUNNING (by a killed study) as FAIL; returns their numbers.
+
+    Only one driver may run a given study at a time: a second driver's running trials would
+    be marked failed too.
+    """
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "error", STALE_ERROR)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        stale.append(t.number)
+    return stale
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+# -- the reporter actor ---------------------------------------------------------------------
+
+_REPORTER = None
+
+
+def _reporter_class():
+    global _REPORTER
+    if _REPORTER is not None:
+        return _REPORTER
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class TrialReporter:
+        """Writes a running trial's intermediate values to the storage and answers the pruner.
+
+        One per parallel slot; :meth:`bind` points it at the slot's current trial. Called by the
+        run's ``on_eval`` hook (through :func:`raysim.cluster.parallel.run_remote`)."""
+
+        def __init__(self, location: str, study_name: str, pruner: Any, metric: str):
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            self.study = optuna.load_study(study_name=study_name, storage=open_storage(location),
+                                           pruner=pruner, sampler=optuna.samplers.RandomSampler())
+            self.metric = metric
+            self.trial: optuna.Trial | None = None
+
+        def bind(self, trial_id: int) -> int:
+            self.trial = optuna.Trial(self.study, trial_id)
+            return trial_id
+
+        def report(self, rnd: int, row: dict[str, Any]) -> str | None:
+            if self.trial is None or self.metric not in row:
+                return None
+            v = row[self.metric]
+            v = float("nan") if v is None else float(v)
+            self.trial.report(v, int(rnd))
+            if self.trial.should_prune():
+                self.trial.set_user_attr("pruned_at_round", int(rnd))
+                return "stop"
+            return None
+
+    _REPORTER = TrialReporter
+    return TrialReporter
+
+
+# -- one trial ------------------------------------------------------------------------------
+
+@dataclass
+class StudyResult:
+    study: optuna.Study
+    study_dir: Path
+    storage: str
+    n_new: int
+    wall_s: float
+    stale: list[int]
+    report: dict[str, Any]
+
+
+class _TrialRunner:
+    """The objective: one trial = one raysim run in its own placement group."""
+
+    def __init__(self, spec: StudySpec, study_dir: Path, overrides: dict[str, Any], reporters: "queue.Queue"):
+        self.spec = spec
+        self.study_dir = study_dir
+        self.overrides = overrides
+        self.reporters = reporters
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        from raysim.cluster.parallel import StopRun, reserve, run_remote
+
+        spec = self.spec
+        t0 = time.perf_counter()
+        run_dir = self.study_dir / "trials" / f"trial-{trial.number:05d}"
+        values = suggest(trial, spec)
+        try:
+            cfg = build_config(spec, values, {**self.overrides, "run.run_dir": str(run_dir),
+                                              "run.name": f"{spec.study.name}-trial-{trial.number}"})
+        except ConfigError as exc:
+            return self._fail(trial, str(exc))
+        trial.set_user_attr("config", cfg.to_toml_dict())
+        trial.set_user_attr("run_dir", str(run_dir))
+        reporter = self.reporters.get()
+        try:
+            if reporter is not None:
+                ray.get(reporter.bind.remote(trial._trial_id))
+            pg = reserve(cfg)
+            try:
+                ray.get(pg.ready())
+                result = ray.get(run_remote(cfg, pg, reporter))
+            except StopRun:
+                trial.set_user_attr("wall_s", time.perf_counter() - t0)
+                raise optuna.TrialPruned()
+            except ray.exceptions.RayError as exc:
+                cause = getattr(exc, "cause", None) or exc
+                return self._fail(trial, f"run failed: {type(cause).__name__}: {cause}",
+                                  "".join(traceback.format_exception(exc))[-4000:])
+            finally:
+                remove_placement_group(pg)
+        finally:
+            self.reporters.put(reporter)
+        final = result.summary["final"]
+        trial.set_user_attr("wall_s", time.perf_counter() - t0)
+        trial.set_user_attr("run_wall_s", float(result.summary.get("wall_s", float("nan"))))
+        target = spec.objective.target_density or cfg.algorithm.rho
+        cons, facts = constraint_values(final, int(result.summary["p"]), target)
+        trial.set_user_attr(CONSTRAINTS_ATTR, cons)
+        if NATIVE_CONSTRAINTS:  # Optuna >= 5: samplers read constraints set on the trial
+            trial.set_constraint("nnz_over_m", cons[0])
+            trial.set_constraint("density_over_target", cons[1])
+        for k, v in facts.items():
+            trial.set_user_attr(k, v)
+        for k in ("val_r2", "val_mse", "val_accuracy", "r2", "accuracy", "tdr", "tpr", "f1", "cum_bytes_up",
+                  "cum_bytes_down", "soft_iou"):
+            v = final.get(k)
+            if isinstance(v, (int, float)) and v is not None:
+                trial.set_user_attr(f"final_{k}", v)
+        try:
+            objs = objective_values(spec, final)
+        except ValueError as exc:
+            return self._fail(trial, str(exc))
+        if not all(math.isfinite(v) for v in objs):
+            return self._fail(trial, f"objective {spec.objective.metrics} = {objs} is not finite (the run diverged)")
+        return objs[0] if len(objs) == 1 else objs
+
+    @staticmethod
+    def _fail(trial: optuna.Trial, error: str, details: str | None = None):
+        trial.set_user_attr("error", error[:2000])
+        if details:
+            trial.set_user_attr("traceback", details)
+        raise TrialFailed(error)
+
+
+# -- the study ------------------------------------------------------------------------------
+
+def study_dir_for(spec: StudySpec, out: str | Path | None = None) -> Path:
+    return Path(out) if out is not None else Path(spec.study.out_dir) / spec.study.name
+
+
+def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | None = None,
+              parallel: int | None = None, storage: str | None = None, out: str | Path | None = None,
+              overrides: dict[str, Any] | None = None, progress: bool = True,
+              report: bool = True) -> StudyResult:
+    """Run (or resume) a study until ``n_trials`` trials are finished (COMPLETE, PRUNED or FAIL).
+
+    ``overrides`` are dotted config keys fixed on top of the study's ``[fixed]`` table.
+    """
+    import ray
+
+    from raysim.cluster.driver import check_resources
+    from raysim.cluster.parallel import init_ray_for
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    overrides = dict(overrides or {})
+    base_cfg, problems = check_spec(spec, overrides)
+    total = n_trials or spec.study.n_trials
+    k = parallel or spec.study.parallel
+    timeout = timeout if timeout is not None else spec.study.timeout
+    study_dir = study_dir_for(spec, out)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    location = storage_location(spec, study_dir, storage)
+    _write_meta(spec, study_dir, location)
+    console = _console(progress)
+    for w in problems:
+        console.print(f"[yellow]warning:[/] {w}")
+    study = open_study(spec, location, rounds=base_cfg.run.rounds)
+    stale = fail_stale_trials(study)
+    if stale:
+        console.print(f"resuming: trial(s) {', '.join(map(str, stale))} were left running by a killed study "
+                      "and are marked failed")
+    done = finished_count(study)
+    remaining = max(0, total - done)
+    console.print(f"study [bold]{spec.study.name}[/]: {done} of {total} trials finished, running {remaining} "
+                  f"({k} at a time); storage {location}")
+    t0 = time.perf_counter()
+    if remaining:
+        started = init_ray_for([base_cfg], k)
+        reporters: queue.Queue = queue.Queue()
+        actors = []
+        try:
+            check_resources(base_cfg)
+            pruning = not spec.objective.multi and spec.study.pruner != "none"
+            for _ in range(k):
+                actor = None
+                if pruning:
+                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                    here = ray.get_runtime_context().get_node_id()
+                    actor = _reporter_class().options(
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
+                        location, spec.study.name, study.pruner, spec.objective.metrics[0])
+                    actors.append(actor)
+                reporters.put(actor)
+            bar = _Bar(remaining, console, spec)
+            try:
+                study.optimize(_TrialRunner(spec, study_dir, overrides, reporters), n_trials=remaining,
+                               timeout=timeout, n_jobs=k, catch=(Exception,), callbacks=[bar.callback],
+                               gc_after_trial=False)
+            finally:
+                bar.close()
+        finally:
+            for a in actors:
+                ray.kill(a)
+            if started:
+                ray.shutdown()
+    wall = time.perf_counter() - t0
+    n_new = finished_count(study) - done
+    rep: dict[str, Any] = {}
+    if report:
+        from raysim.tuning.report import write_report
+
+        rep = write_report(study, study_dir, session={"wall_s": wall, "new_trials": n_new, "parallel": k})
+        console.print(f"report: {study_dir / 'report'}")
+    return StudyResult(study, study_dir, location, n_new, wall, stale, rep)
+
+
+def _write_meta(spec: StudySpec, study_dir: Path, location: str) -> None:
+    if spec.source and Path(spec.source).exists():
+        dst = study_dir / "study.toml"
+        if Path(spec.source).resolve() != dst.resolve():
+            shutil.copyfile(spec.source, dst)
+    loc = location if "://" in location else os.path.relpath(location, study_dir)
+    (study_dir / "study.json").write_text(json.dumps({"study_name": spec.study.name, "storage": loc}, indent=2))
+
+
+def load_from_dir(study_dir: str | Path, storage: str | None = None) -> optuna.Study:
+    """Load the study of a study folder written by :func:`run_study` (for ``raysim tune-report``)."""
+    d = Path(study_dir)
+    meta_path = d / "study.json"
+    if not meta_path.exists():
+        raise ConfigError(f"{d} is not a study folder (no study.json); give the folder `raysim tune` printed")
+    meta = json.loads(meta_path.read_text())
+    loc = storage or meta["storage"]
+    if "://" not in loc and not Path(loc).is_absolute():
+        loc = str(d / loc)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.load_study(study_name=meta["study_name"], storage=open_storage(loc))
+
+
+# -- progress -------------------------------------------------------------------------------
+
+def _console(enabled: bool):
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=not enabled)
+
+
+class _Bar:
+    """A rich progress bar over the trials, with the best feasible value so far."""
+
+    def __init__(self, total: int, console, spec: StudySpec):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.spec = spec
+        self.console = console
+        self.p = Progress(TextColumn("[bold]trials"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                          TextColumn("{task.description}"), console=console, transient=False,
+                          disable=console.quiet)
+        self.t = self.p.add_task("", total=total)
+        self.p.start()
+
+    def callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        from raysim.tuning.objectives import best_trials
+
+        state = trial.state.name.lower()
+        what = ""
+        if trial.state == TrialState.COMPLETE and trial.values:
+            what = " ".join(f"{m}={v:.4g}" for m, v in zip(self.spec.objective.metrics, trial.values))
+            if not trial.user_attrs.get("feasible", True):
+                what += " [infeasible]"
+        elif trial.state == TrialState.PRUNED:
+            what = f"at round {trial.user_attrs.get('pruned_at_round', '?')}"
+        elif trial.state == TrialState.FAIL:
+            what = str(trial.user_attrs.get("error", ""))[:160]
+        self.p.console.print(f"trial {trial.number}: {state} {what}")
+        best = best_trials(study)
+        desc = ""
+        if best and not self.spec.objective.multi:
+            desc = f"best {self.spec.objective.metrics[0]}={best[0].values[0]:.4g} (trial {best[0].number})"
+        elif best:
+            desc = f"Pareto front: {len(best)} trials"
+        self.p.update(self.t, advance=1, description=desc)
+
+    def close(self) -> None:
+        self.p.stop()

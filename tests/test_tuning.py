@@ -1,0 +1,172 @@
+"""Studies on real Ray with a real journal storage file: resume after a kill, parallel trials,
+pruned / failed / infeasible trials, and the exported best config reproducing its trial."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import tomli_w
+from optuna.trial import TrialState
+
+from raysim.cli import main as cli_main
+from raysim.tuning.spec import load_spec
+from raysim.tuning.study import FINISHED, STALE_ERROR, open_storage, run_study
+
+pytestmark = pytest.mark.ray
+
+TINY = {
+    "data": {"p": 50, "rho_true": 0.1, "n_clients": 12, "n_per_client": 20, "test_samples": 300,
+             "h_coef": 0.2, "sigma_q": 0.3},
+    "participation": {"rate": 0.5},
+    "algorithm": {"rho": 0.1, "batch_size": 10},
+    "cluster": {"clients_per_actor": 12, "num_cpus": 0.25, "server_num_cpus": 0.25},
+}
+
+
+def _write_study(tmp_path, name, space, study=None, objective=None, fixed=None, base=None):
+    d = {"study": {"name": name, "n_trials": 3, "sampler": "random", "seed": 0, **(study or {})},
+         "scenario": {"algorithm": "flops", "base": base or TINY},
+         "fixed": {"run.rounds": 4, **(fixed or {})},
+         "space": space,
+         "objective": {"metric": "val_r2", "direction": "maximize", "val_samples": 300, **(objective or {})}}
+    path = tmp_path / f"{name}.toml"
+    path.write_text(tomli_w.dumps(d))
+    return path
+
+
+LR_SPACE = {"eta_theta": {"key": "algorithm.eta_theta", "low": 0.05, "high": 0.3, "log": True},
+            "ratio": {"kind": "eta_phi_ratio", "low": 0.5, "high": 2.0}}
+
+
+def _states(study):
+    return [t.state for t in study.get_trials()]
+
+
+def test_killed_study_resumes_and_completes_the_total(ray_session, tmp_path):
+    path = _write_study(tmp_path, "resume", LR_SPACE, study={"pruner": "none"})
+    out = tmp_path / "study"
+    journal = out / "study.journal"
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from raysim.cli import main; sys.exit(main())", "tune", str(path), "--n-trials", "4",
+                             "--out", str(out), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 150
+    finished = 0
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+            if journal.exists():
+                st = optuna.load_study(study_name="resume", storage=open_storage(str(journal)))
+                finished = len(st.get_trials(states=FINISHED))
+                if finished >= 1:
+                    break
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)    # a killed study: no cleanup at all
+        proc.wait(30)
+    assert finished >= 1, proc.stderr.read().decode()[-3000:]
+    before = optuna.load_study(study_name="resume", storage=open_storage(str(journal)))
+    n_before = len(before.get_trials(states=FINISHED))
+    assert n_before < 4
+    running = [t.number for t in before.get_trials(states=(TrialState.RUNNING,))]
+
+    res = run_study(load_spec(path), n_trials=4, out=out, progress=False)
+    trials = res.study.get_trials()
+    assert len([t for t in trials if t.state in FINISHED]) == 4          # exactly the requested total
+    assert all(t.state in FINISHED for t in trials)                      # nothing left running
+    assert res.n_new == 4 - n_before - len(running)
+    assert res.stale == running
+    for n in running:
+        assert trials[n].state == TrialState.FAIL and trials[n].user_attrs["error"] == STALE_ERROR
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= 4 - len(running)
+    # a second call has nothing left to do
+    again = run_study(load_spec(path), n_trials=4, out=out, progress=False, report=False)
+    assert again.n_new == 0 and len(again.study.get_trials()) == len(trials)
+
+
+def test_two_trials_run_in_parallel_multi_objective(ray_session, tmp_path):
+    path = _write_study(tmp_path, "par", LR_SPACE, study={"sampler": "nsga2", "n_trials": 2, "parallel": 2},
+                        objective={"metric": ["val_r2", "cum_bytes_up"], "direction": ["maximize", "minimize"]})
+    res = run_study(load_spec(path), out=tmp_path / "par", progress=False)
+    trials = res.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [t.user_attrs.get("error") for t in trials]
+    a, b = trials
+    # both were running at the same time
+    assert a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+    rep = res.study_dir / "report"
+    for f in ("trials.csv", "best_trials.csv", "best_trials.md", "history.png", "pareto_front.png",
+              "best_config.toml", "report.md", "summary.json"):
+        assert (rep / f).exists(), f
+    summary = json.loads((rep / "summary.json").read_text())
+    assert set(summary["pareto_front"]) <= {0, 1} and summary["pareto_front"]
+
+
+def test_pruned_and_failed_trials_are_recorded(ray_session, tmp_path):
+    space = {"algorithm.eta_theta": {"choices": [0.3, 1e-4]}, "algorithm.batch_size": {"choices": [10, 0]}}
+    path = _write_study(tmp_path, "prune", space,
+                        study={"pruner": "median", "n_startup_trials": 1, "n_warmup_rounds": 1},
+                        fixed={"run.rounds": 5})
+    spec = load_spec(path)
+    out = tmp_path / "prune"
+    from raysim.tuning.study import open_study
+
+    study = open_study(spec, str(out / "study.journal"))
+    study.enqueue_trial({"algorithm.eta_theta": 0.3, "algorithm.batch_size": 10})   # good: completes
+    study.enqueue_trial({"algorithm.eta_theta": 1e-4, "algorithm.batch_size": 10})  # hopeless: pruned
+    study.enqueue_trial({"algorithm.eta_theta": 0.3, "algorithm.batch_size": 0})    # invalid: fails
+    res = run_study(spec, out=out, progress=False)
+    t0, t1, t2 = res.study.get_trials()
+    assert t0.state == TrialState.COMPLETE and len(t0.intermediate_values) == 5
+    assert t1.state == TrialState.PRUNED, t1.user_attrs
+    assert 2 <= t1.user_attrs["pruned_at_round"] < 5 and len(t1.intermediate_values) < 5
+    assert t2.state == TrialState.FAIL and "batch_size" in t2.user_attrs["error"]
+    df = pd.read_csv(res.study_dir / "report" / "trials.csv")
+    assert df["state"].tolist() == ["COMPLETE", "PRUNED", "FAIL"]
+    assert "batch_size" in df.loc[2, "error"]
+    assert (res.study_dir / "report" / "intermediate.png").exists()
+
+
+def test_infeasible_trial_is_never_best_and_best_config_reproduces(ray_session, tmp_path):
+    # rho = 0.3 keeps all 15 true features and fits better, but breaks the 0.1 density target
+    base = {**TINY, "data": {**TINY["data"], "rho_true": 0.3}}
+    space = {"algorithm.rho": {"choices": [0.1, 0.3]}}
+    path = _write_study(tmp_path, "feas", space, base=base, study={"pruner": "none", "n_trials": 2},
+                        objective={"target_density": 0.1})
+    spec = load_spec(path)
+    from raysim.tuning.study import open_study
+
+    out = tmp_path / "feas"
+    study = open_study(spec, str(out / "study.journal"))
+    study.enqueue_trial({"algorithm.rho": 0.3})
+    study.enqueue_trial({"algorithm.rho": 0.1})
+    res = run_study(spec, out=out, progress=False)
+    bad, good = res.study.get_trials()
+    assert bad.state == good.state == TrialState.COMPLETE
+    assert bad.value > good.value                         # the infeasible one scores higher ...
+    assert not bad.user_attrs["feasible"] and good.user_attrs["feasible"]
+    assert bad.user_attrs["nnz"] > bad.user_attrs["m_target"] == 5
+    summary = json.loads((res.study_dir / "report" / "summary.json").read_text())
+    assert summary["best"]["trial"] == good.number       # ... but is never reported as best
+    best_csv = pd.read_csv(res.study_dir / "report" / "best_trials.csv")
+    assert best_csv["trial"].tolist() == [good.number]
+
+    # the exported config, run as is with `raysim run`, gives the trial's objective value
+    cfg_path = res.study_dir / "report" / "best_config.toml"
+    rerun = tmp_path / "rerun"
+    assert cli_main(["run", str(cfg_path), "--out", str(rerun), "--no-progress"]) == 0
+    final = json.loads((rerun / "summary.json").read_text())["final"]
+    assert final["val_r2"] == pytest.approx(good.value, rel=1e-9, abs=1e-12)
+
+    # and tune-report rebuilds the report from the storage alone
+    for f in (res.study_dir / "report").iterdir():
+        if f.is_file():
+            f.unlink()
+    assert cli_main(["tune-report", str(res.study_dir)]) == 0
+    assert (res.study_dir / "report" / "best_config.toml").read_text() == cfg_path.read_text() if cfg_path.exists() else True
+    assert (res.study_dir / "report" / "history.png").exists()
