@@ -126,11 +126,12 @@ class _Progress:
 
 
 def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = None,
-        console_output: bool | None = None, resume: bool = False) -> RunResult:
+        console_output: bool | None = None, placement_group: Any = None, resume: bool = False) -> RunResult:
     """Run one experiment on Ray and write its run directory.
 
     ``on_eval(round, row)`` is called after every evaluation (the tuning layer reports
-    intermediate values through it and may raise to stop the run).
+    intermediate values through it and may raise to stop the run). ``placement_group``
+    places the run's actors in resources reserved beforehand (see raysim.cluster.parallel).
 
     With ``run.checkpoint_every = k > 0`` a checkpoint is written every k rounds
     (``raysim.checkpoint``). With ``resume=True`` (``cfg.run.run_dir`` naming an existing run
@@ -160,7 +161,10 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     sim = None
     rows: list[dict[str, Any]] = []
     try:
-        sim = RaySimulation(cfg)
+        if show:
+            print(f"raysim: {cfg.algorithm.name} on {cfg.data.task}, {cfg.data.n_clients} clients in "
+                  f"{cfg.n_actors()} client actors; run directory {run_dir}", file=sys.stderr, flush=True)
+        sim = RaySimulation(cfg, placement_group=placement_group)
         info = sim.info
         _atomic_write(run_dir / "federation.json", json.dumps(
             {**info["federation"], "n_actors": len(sim.actors),

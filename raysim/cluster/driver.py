@@ -83,12 +83,23 @@ class RaySimulation:
     (:meth:`state_dict` / :meth:`restore`, ``raysim.checkpoint``).
     """
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, placement_group: Any = None):
+        """``placement_group``: a group from :func:`raysim.cluster.parallel.reserve`; bundle 0
+        hosts the server, bundle i + 1 client actor i. Without it, resources are checked."""
         self.cfg = cfg
-        check_resources(cfg)
         cl = cfg.cluster
+        def where(bundle: int) -> dict[str, Any]:
+            if placement_group is None:
+                return {}
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=placement_group, placement_group_bundle_index=bundle)}
+
+        if placement_group is None:
+            check_resources(cfg)
         # The server is not restarted in place: its state lives in the checkpoints.
-        self.server = ServerActor.options(num_cpus=cl.server_num_cpus).remote(cfg)
+        self.server = ServerActor.options(num_cpus=cl.server_num_cpus, **where(0)).remote(cfg)
         self.info = ray.get(self.server.ready.remote())
         self.participation = build_participation(cfg.participation, cfg.data.n_clients, cfg.run.seed)
         self.steps_per_round = self.info["steps_per_round"]
@@ -104,8 +115,9 @@ class RaySimulation:
         self.blocks = assign_clients(cfg.data.n_clients, cfg.n_actors(), self.work)
         self.imbalance = imbalance(self.work, self.blocks) if self.work is not None else None
         self.actors = [ClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus,
-                                           max_restarts=cl.max_restarts, max_task_retries=-1).remote(cfg, b)
-                       for b in self.blocks]
+                                           max_restarts=cl.max_restarts, max_task_retries=-1,
+                                           **where(i + 1)).remote(cfg, b)
+                       for i, b in enumerate(self.blocks)]
         self.owner = np.empty(cfg.data.n_clients, dtype=np.int64)
         for a, b in enumerate(self.blocks):
             self.owner[b] = a
