@@ -47,12 +47,29 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     _config_args(p)
     p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>-<timestamp>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a killed run from its newest readable checkpoint (uses RUN_DIR/config.toml; "
+                        "checkpoints are written every run.checkpoint_every rounds)")
 
 
 @command("run", "run one federated experiment")(_run_args)
 def cmd_run(args: argparse.Namespace) -> int:
-    from raysim.runner import run
+    from raysim.runner import load_resume_config, run
 
+    if args.resume:
+        if args.config or args.out:
+            raise ConfigError("--resume takes the configuration and the directory of the run it continues; "
+                              "drop the CONFIG file and --out")
+        extra = list(args.overrides) + (["run.progress=false"] if args.no_progress else [])
+        cfg = load_resume_config(args.resume)
+        if extra:
+            from raysim.config import apply_overrides, validate
+
+            cfg = validate(apply_overrides(cfg.to_toml_dict(), extra))
+        res = run(cfg, resume=True)
+        if not cfg.run.progress:
+            print(res.run_dir)
+        return 0
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.run_dir={json.dumps(args.out)}")

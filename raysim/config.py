@@ -205,6 +205,11 @@ class ClusterSection(_Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved by each client actor (e.g. 0.25 puts four actors on a GPU).")
     server_num_cpus: float = Field(0.5, gt=0, description="Logical CPUs reserved by the server actor.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor.")
+    balance: Literal["work", "contiguous"] = Field(
+        "work", description="Client-to-actor assignment: 'work' balances the expected work per step "
+                            "(participation probability x client cost, greedy); 'contiguous' gives equal blocks of ids.")
+    max_restarts: int = Field(
+        3, ge=-1, description="Times a dead client actor is restarted (its data rebuilt, its lost work redone); -1: unlimited.")
 
     @model_validator(mode="after")
     def _check(self) -> "ClusterSection":

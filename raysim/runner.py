@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from raysim.config import Config, dump_toml
+from raysim.config import Config, ConfigError, dump_toml, load_config
 
 ADDITIVE = ("n_selected", "n_reported", "bytes_up", "bytes_down", "client_compute_s", "aggregation_s", "round_s")
 
@@ -128,17 +128,34 @@ class _Progress:
 
 
 def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = None,
-        console_output: bool | None = None, placement_group: Any = None) -> RunResult:
+        console_output: bool | None = None, placement_group: Any = None, resume: bool = False) -> RunResult:
     """Run one experiment on Ray and write its run directory.
 
     ``on_eval(round, row)`` is called after every evaluation (the tuning layer reports
     intermediate values through it and may raise to stop the run). ``placement_group``
     places the run's actors in resources reserved beforehand (see raysim.cluster.parallel).
+
+    With ``run.checkpoint_every = k > 0`` a checkpoint is written every k rounds
+    (``raysim.checkpoint``). With ``resume=True`` (``cfg.run.run_dir`` naming an existing run
+    directory, see :func:`load_resume_config`) the run continues from its newest readable
+    checkpoint and ends with the same metrics as an uninterrupted run.
     """
+    from raysim import checkpoint as ckpt
     from raysim.cluster.driver import RaySimulation, init_ray
     import ray
 
     show = cfg.run.progress if console_output is None else console_output
+    resumed = None
+    if resume:
+        if not cfg.run.run_dir:
+            raise ConfigError("resume needs run.run_dir: the run directory to continue")
+        resumed = ckpt.load_latest(cfg.run.run_dir)
+        if resumed is not None and resumed[0].get("config") != _fingerprint(cfg):
+            raise ConfigError(f"{resumed[1]} was written with a different configuration than "
+                              f"{cfg.run.run_dir}/config.toml; resume with the run directory's own config")
+        if resumed is None and show:
+            print(f"raysim: no readable checkpoint in {cfg.run.run_dir}; starting the run from round 1",
+                  file=sys.stderr)
     run_dir = make_run_dir(cfg)
     dump_toml(cfg, run_dir / "config.toml")
     t_start = time.perf_counter()
@@ -154,12 +171,23 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
         _atomic_write(run_dir / "federation.json", json.dumps(
             {**info["federation"], "n_actors": len(sim.actors),
              "clients_per_actor": [int(b.size) for b in sim.blocks],
+             "work_imbalance": sim.imbalance,
              "actors": sim.actor_info}, indent=2, default=str))
         total_rounds = sim.total_rounds
-        bar = _Progress(total_rounds, show, cfg.data.task)
         acc: dict[str, float] = {}
+        first = 1
+        if resumed is not None:
+            ck = resumed[0]
+            sim.restore(ck["sim"])
+            rows, acc, first = list(ck["rows"]), dict(ck["acc"]), int(ck["round"]) + 1
+            t_start -= float(ck.get("wall_s", 0.0))
+            if rows:
+                _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
+            if show:
+                print(f"raysim: resuming {run_dir} from {resumed[1].name} (round {first - 1})", file=sys.stderr)
+        bar = _Progress(total_rounds, show, cfg.data.task)
         try:
-            for rnd in range(1, total_rounds + 1):
+            for rnd in range(first, total_rounds + 1):
                 row = sim.run_round()
                 for k in ADDITIVE:
                     acc[k] = acc.get(k, 0) + row.get(k, 0)
@@ -172,8 +200,13 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
                     row["wall_s"] = time.perf_counter() - t_start
                     rows.append(row)
                     _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
-                    if on_eval is not None:
-                        on_eval(rnd, row)
+                k = cfg.run.checkpoint_every
+                if k and rnd % k == 0 and rnd < total_rounds:
+                    ckpt.save(run_dir, rnd, {"sim": sim.state_dict(), "rows": rows, "acc": acc,
+                                             "wall_s": time.perf_counter() - t_start,
+                                             "config": _fingerprint(cfg)})
+                if on_eval is not None and rows and rows[-1] is row:
+                    on_eval(rnd, row)
                 bar.update(rnd, row)
         finally:
             bar.close()
@@ -204,6 +237,22 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     if show:
         print_summary(summary, run_dir)
     return RunResult(run_dir, summary, _tidy(rows))
+
+
+def _fingerprint(cfg: Config) -> dict[str, Any]:
+    """The parts of a config that determine the results (not paths, display or the Ray layout)."""
+    d = cfg.to_toml_dict()
+    keep_run = ("seed", "rounds", "steps_per_round", "eval_every")
+    return {"run": {k: v for k, v in d["run"].items() if k in keep_run},
+            **{k: v for k, v in d.items() if k not in ("run", "cluster")}}
+
+
+def load_resume_config(run_dir: str | Path) -> Config:
+    """The configuration of an existing run directory, set up to be resumed in place."""
+    d = Path(run_dir)
+    if not (d / "config.toml").exists():
+        raise ConfigError(f"{d} is not a run directory (no config.toml); give the folder of the run to resume")
+    return load_config(d / "config.toml", [f"run.run_dir={json.dumps(str(d))}"])
 
 
 def _write_clients(sim, run_dir: Path) -> None:

@@ -68,6 +68,10 @@ class ServerActor:
     def payload(self) -> dict[str, Any]:
         return self.core.payload()
 
+    def client_sizes(self) -> np.ndarray:
+        """n_k of every client (metadata only; used to balance the actors' work)."""
+        return np.asarray(self.core.comp.fed.client_sizes())
+
     def apply(self, step: int, n_selected: int, *partials) -> dict[str, Any]:
         return self.core.apply(step, n_selected, list(partials))
 

@@ -18,16 +18,21 @@ import numpy as np
 import ray
 
 from raysim.cluster.actors import ClientActor, ServerActor
+from raysim.cluster.balance import contiguous_blocks, expected_work, greedy_balance, imbalance
 from raysim.config import Config, ConfigError
 from raysim.data.participation import build_participation
 from raysim.data.real import preflight
 from raysim.engine import fairness_from_scores
 
 
-def assign_clients(n_clients: int, n_actors: int) -> list[np.ndarray]:
-    """Contiguous, equal-size blocks of client ids, one per actor."""
-    n_actors = max(1, min(n_actors, n_clients))
-    return [b for b in np.array_split(np.arange(n_clients, dtype=np.int64), n_actors) if b.size]
+def assign_clients(n_clients: int, n_actors: int, work: np.ndarray | None = None) -> list[np.ndarray]:
+    """Client ids per actor: contiguous equal blocks, or, given each client's expected work
+    per step, a greedy balance of that work (``raysim.cluster.balance``)."""
+    if work is None:
+        return contiguous_blocks(n_clients, n_actors)
+    if len(work) != n_clients:
+        raise ValueError(f"work has {len(work)} entries for {n_clients} clients")
+    return greedy_balance(work, n_actors)
 
 
 def init_ray(cfg: Config) -> bool:
@@ -69,7 +74,15 @@ def check_resources(cfg: Config) -> None:
 
 
 class RaySimulation:
-    """One run on Ray: a server actor, client actors, and the per-round driver loop."""
+    """One run on Ray: a server actor, client actors, and the per-round driver loop.
+
+    Fault tolerance: client actors are restarted by Ray when their process dies
+    (``cluster.max_restarts``); the restarted actor rebuilds its clients' data from their ids
+    and Ray re-runs the tasks that were lost (``max_task_retries``). This is exact because a
+    client actor keeps no state between steps: its work in a step is a pure function of
+    (payload, step, client ids). Whole-run crashes are covered by checkpoints
+    (:meth:`state_dict` / :meth:`restore`, ``raysim.checkpoint``).
+    """
 
     def __init__(self, cfg: Config, placement_group: Any = None):
         """``placement_group``: a group from :func:`raysim.cluster.parallel.reserve`; bundle 0
@@ -77,8 +90,6 @@ class RaySimulation:
         self.cfg = cfg
         preflight(cfg)  # real data: clear errors for missing/corrupt files before any actor starts
         cl = cfg.cluster
-        self.blocks = assign_clients(cfg.data.n_clients, cfg.n_actors())
-
         def where(bundle: int) -> dict[str, Any]:
             if placement_group is None:
                 return {}
@@ -89,17 +100,30 @@ class RaySimulation:
 
         if placement_group is None:
             check_resources(cfg)
+        # The server is not restarted in place: its state lives in the checkpoints.
         self.server = ServerActor.options(num_cpus=cl.server_num_cpus, **where(0)).remote(cfg)
-        self.actors = [ClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus, **where(i + 1)).remote(cfg, b)
+        self.info = ray.get(self.server.ready.remote())
+        self.participation = build_participation(cfg.participation, cfg.data.n_clients, cfg.run.seed)
+        self.steps_per_round = self.info["steps_per_round"]
+        self.total_steps = self.info["total_steps"]
+        self.work = None
+        if cl.balance == "work":
+            from raysim.algorithms import algorithm_class
+
+            sizes = ray.get(self.server.client_sizes.remote())
+            self.work = expected_work(self.participation, sizes, self.total_steps,
+                                      algorithm_class(cfg.algorithm.name).per_step,
+                                      getattr(cfg.algorithm, "batch_size", None))
+        self.blocks = assign_clients(cfg.data.n_clients, cfg.n_actors(), self.work)
+        self.imbalance = imbalance(self.work, self.blocks) if self.work is not None else None
+        self.actors = [ClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus,
+                                           max_restarts=cl.max_restarts, max_task_retries=-1,
+                                           **where(i + 1)).remote(cfg, b)
                        for i, b in enumerate(self.blocks)]
         self.owner = np.empty(cfg.data.n_clients, dtype=np.int64)
         for a, b in enumerate(self.blocks):
             self.owner[b] = a
-        self.info = ray.get(self.server.ready.remote())
         self.actor_info = ray.get([a.ready.remote() for a in self.actors])
-        self.participation = build_participation(cfg.participation, cfg.data.n_clients, cfg.run.seed)
-        self.steps_per_round = self.info["steps_per_round"]
-        self.total_steps = self.info["total_steps"]
         self.step = 0
         self._payload = self.server.payload.remote()
 
@@ -118,17 +142,39 @@ class RaySimulation:
             parts.append(self.actors[a].train.remote(step, self._payload, rep[m], work[m]))
         self._payload = self.server.apply.remote(step, sel.n_selected, *parts)
 
-    def run_round(self) -> dict[str, Any]:
-        """Submit one round of steps, wait for it, and return its server-side statistics."""
+    def submit_round(self) -> tuple[Any, int, float]:
+        """Submit one round of steps as a pipelined chain; returns (end_round ref, end step, t0)."""
         t0 = time.perf_counter()
         end = min(self.step + self.steps_per_round, self.total_steps)
         for step in range(self.step, end):
             self._dispatch(step)
-        row = ray.get(self.server.end_round.remote())
+        return self.server.end_round.remote(), end, t0
+
+    def finish_round(self, submitted: tuple[Any, int, float]) -> dict[str, Any]:
+        """Wait for a round submitted by :meth:`submit_round` and return its statistics."""
+        ref, end, t0 = submitted
+        row = ray.get(ref)
         self.step = end
         row["round"] = math.ceil(end / self.steps_per_round)
         row["round_s"] = time.perf_counter() - t0
         return row
+
+    def run_round(self) -> dict[str, Any]:
+        """Submit one round of steps, wait for it, and return its server-side statistics."""
+        return self.finish_round(self.submit_round())
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The server core's state and the driver's position (between rounds only)."""
+        return {"server": ray.get(self.server.state_dict.remote()), "step": self.step}
+
+    def restore(self, sd: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: load the server state, move to its step."""
+        step = ray.get(self.server.load_state_dict.remote(sd["server"]))
+        if step != sd["step"]:
+            raise RuntimeError(f"checkpoint inconsistent: server at step {step}, driver at {sd['step']}")
+        self.step = int(sd["step"])
+        self._payload = self.server.payload.remote()
 
     def evaluate(self, final: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
