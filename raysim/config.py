@@ -93,6 +93,10 @@ class DataSection(_Section):
     n_classes: int = Field(10, ge=2, description="mc: number of classes C.")
     n_labels: int = Field(20, ge=1, description="mlc: number of labels L.")
     label_rate: float = Field(0.2, gt=0, lt=1, description="mlc: label biases are set so that about this fraction of labels is on.")
+    val_samples: int = Field(
+        0, ge=0,
+        description="Validation set size: a mixture draw separate from the test set (its own 'val' random "
+                    "streams), evaluated as val_* metrics; 0: no validation set. Tuning objectives use it.")
 
 
 class PartitionSection(_Section):
@@ -111,11 +115,6 @@ class PartitionSection(_Section):
         None, ge=1, description="iid, quantity: (mean) samples per client; default: the whole training pool divided "
                                 "over the clients. With it set, client k's data depends only on the seed and the "
                                 "clients before it, not on n_clients.")
-
-    val_samples: int = Field(
-        0, ge=0,
-        description="Validation set size: a mixture draw separate from the test set (its own 'val' random "
-                    "streams), evaluated as val_* metrics; 0: no validation set. Tuning objectives use it.")
 
 
 class ParticipationSection(_Section):

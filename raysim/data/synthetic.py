@@ -164,30 +164,23 @@ class SyntheticFederation(Federation):
 
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
         """test_samples draws from the uniform mixture of the clients' distributions."""
-        n = self.cfg.test_samples
-        g = rngmod.generator(self.seed, "test")
+        return self._mixture("test", self.cfg.test_samples)
+
+    def val_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """n draws from the same mixture as the test set, from the independent 'val' streams."""
+        return self._mixture("val", n)
+
+    def _mixture(self, purpose: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """n draws from the uniform mixture of the clients' distributions, streams keyed by purpose."""
+        g = rngmod.generator(self.seed, purpose)
         owner = np.sort(g.integers(0, self.n_clients, size=n))
         ks, counts = np.unique(owner, return_counts=True)
-        xs, ys = [], []
-        for k, c in zip(ks, counts):
-            coef, mu = self.client_params(int(k))
-            gk = rngmod.generator(self.seed, "test-data", int(k))
-            x, y = self._draw(gk, int(c), coef, mu)
-            xs.append(x)
-            ys.append(y)
-        return np.concatenate(xs), np.concatenate(ys)
+        draws = [self._draw(rngmod.generator(self.seed, f"{purpose}-data", int(k)), int(c), *self.client_params(int(k)))
+                 for k, c in zip(ks, counts)]
+        return np.concatenate([x for x, _ in draws]), np.concatenate([y for _, y in draws])
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     from scipy.special import expit
 
     return expit(z)
-
-    def val_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """n draws from the same mixture as the test set, from the independent 'val' streams."""
-        g = rngmod.generator(self.seed, "val")
-        owner = np.sort(g.integers(0, self.n_clients, size=n))
-        ks, counts = np.unique(owner, return_counts=True)
-        draws = [self._draw(rngmod.generator(self.seed, "val-data", int(k)), int(c), *self.client_params(int(k)))
-                 for k, c in zip(ks, counts)]
-        return np.concatenate([x for x, _ in draws]), np.concatenate([y for _, y in draws])
