@@ -64,11 +64,15 @@ def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path):
     try:
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            if journal.exists():
+            if not journal.exists():
+                continue
+            try:   # the journal file appears just before the study is created in it
                 st = optuna.load_study(study_name="resume", storage=open_storage(str(journal)))
-                finished = len(st.get_trials(states=FINISHED))
-                if finished >= 1:
-                    break
+            except KeyError:
+                continue
+            finished = len(st.get_trials(states=FINISHED))
+            if finished >= 1:
+                break
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)    # a killed study: no cleanup at all

@@ -197,6 +197,8 @@ def _importances(study: optuna.Study, names: list[str], out: Path) -> pd.DataFra
     if len(complete) < 2:
         return None
     for i, n in enumerate(names):
+        if len({t.values[i] for t in complete}) < 2:   # a constant objective has no importances
+            continue
         try:
             imp = optuna.importance.get_param_importances(
                 study, target=(lambda t, i=i: t.values[i]), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
