@@ -144,6 +144,9 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     sim = None
     rows: list[dict[str, Any]] = []
     try:
+        if show:
+            print(f"raysim: {cfg.algorithm.name} on {cfg.data.task}, {cfg.data.n_clients} clients in "
+                  f"{cfg.n_actors()} client actors; run directory {run_dir}", file=sys.stderr, flush=True)
         sim = RaySimulation(cfg, placement_group=placement_group)
         info = sim.info
         _atomic_write(run_dir / "federation.json", json.dumps(
