@@ -56,7 +56,7 @@ def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path):
     out = tmp_path / "study"
     journal = out / "study.journal"
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from raysim.cli import main; sys.exit(main())",
+    proc = subprocess.Popen([sys.executable, "-m", "raysim",
                              "tune", str(path), "--parallel", "1", "--out", str(out), "--no-progress"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
