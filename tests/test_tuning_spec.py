@@ -132,3 +132,31 @@ def test_shipped_studies_are_valid(path):
     assert cfg.data.n_clients >= 2000
     assert cfg.data.h_coef > 0 and cfg.data.h_cov > 0 and cfg.data.sigma_q > 0
     assert cfg.data.val_samples > 0 and not math.isnan(cfg.algorithm.rho)
+
+
+def test_validation_split_is_separate_from_the_test_set():
+    from raysim.config import load_config
+    from raysim.engine import ServerCore
+
+    cfg = load_config(None, ["data.p=30", "data.n_clients=8", "data.test_samples=200", "data.val_samples=150"])
+    core = ServerCore(cfg)
+    assert core.x_val.shape == (150, 30) and core.x_test.shape == (200, 30)
+    assert not any(bool((core.x_val[i] == core.x_test).all(1).any()) for i in range(150))
+    out = core.evaluate()
+    assert {"val_r2", "val_mse", "r2", "mse"} <= set(out)
+    again = ServerCore(cfg)                                   # same seed, same split
+    assert (again.x_val == core.x_val).all()
+    plain = ServerCore(load_config(None, ["data.p=30", "data.n_clients=8", "data.test_samples=200"]))
+    assert plain.x_val is None and "val_r2" not in plain.evaluate()
+    assert (plain.x_test == core.x_test).all()               # adding a val split leaves the test set alone
+
+
+def test_tune_check_and_error_exit_codes(tmp_path, capsys):
+    from raysim.cli import main
+
+    assert main(["tune", str(STUDIES[0]), "--check"]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[study]\nname = "x"\n[space]\n"algorithm.eta_theta" = { low = 0.1, high = 0.01 }\n')
+    assert main(["tune", str(bad), "--check"]) == 2
+    assert "swap them" in capsys.readouterr().err

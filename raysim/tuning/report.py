@@ -105,7 +105,12 @@ def write_report(study: optuna.Study, study_dir: str | Path, session: dict[str, 
     cols = [c for c in best_df.columns if c not in ("state", "error", "feasible")]
     best_df = best_df[cols].head(10 if not multi else len(best_df))
     best_df.to_csv(out / "best_trials.csv", index=False)
-    (out / "best_trials.md").write_text(_markdown(best_df))
+    # the Markdown table leaves out what is the same for every trial (kept in the CSV)
+    varying = [c for c in best_df.columns
+               if c in ("trial", *names) or (c in df and df[c].astype(str).nunique(dropna=True) > 1
+                                              and best_df[c].notna().any())]
+    best_md = best_df[varying]
+    (out / "best_trials.md").write_text(_markdown(best_md))
     importances = _importances(study, names, out)
     plots = [_history(study, names, out)]
     if not multi:
@@ -127,7 +132,7 @@ def write_report(study: optuna.Study, study_dir: str | Path, session: dict[str, 
     summary = _summary(study, df, best, names, session or {})
     summary["files"] = sorted(p.name for p in out.iterdir())
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "report.md").write_text(_report_md(study, summary, best_df, importances, names))
+    (out / "report.md").write_text(_report_md(study, summary, best_md, importances, names))
     return summary
 
 
@@ -192,6 +197,8 @@ def _importances(study: optuna.Study, names: list[str], out: Path) -> pd.DataFra
     if len(complete) < 2:
         return None
     for i, n in enumerate(names):
+        if len({t.values[i] for t in complete}) < 2:   # a constant objective has no importances
+            continue
         try:
             imp = optuna.importance.get_param_importances(
                 study, target=(lambda t, i=i: t.values[i]), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
