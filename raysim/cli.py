@@ -171,4 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module so plugin sub-commands register where main() looks.
+    from raysim.cli import main as _main
+
+    sys.exit(_main())
