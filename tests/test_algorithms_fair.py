@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from raysim.algorithms.base import StepContext, aggregate
 from raysim.algorithms.ser import sign_entropy
 from raysim.config import load_config
 from raysim.engine import ClientCohort, ServerCore

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from raysim.algorithms.base import StepContext, aggregate
+from raysim.algorithms.base import aggregate
 from raysim.config import ConfigError, load_config
 from raysim.engine import ClientCohort, ServerCore
 from raysim.metrics import tensor_bytes

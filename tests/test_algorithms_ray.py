@@ -33,14 +33,28 @@ def test_algorithm_on_ray_matches_the_single_process_reference(ray_session, smal
     assert len(clients) == cfg.data.n_clients
 
 
+def test_summary_table_means_and_stds():
+    from raysim.compare import markdown_table, summary_table
+
+    finals = pd.DataFrame({"algorithm": ["a", "a", "a", "b", "b", "b"], "seed": [0, 1, 2] * 2,
+                           "tdr": [1.0, 0.5, 0.0, 0.2, 0.2, 0.2], "cum_bytes_up": [1e6, 2e6, 3e6, 1, 1, 1]})
+    t = summary_table(finals, ["b", "a"])
+    assert list(t.index) == ["b", "a"]
+    assert t.loc["a", "tdr_mean"] == pytest.approx(0.5) and t.loc["a", "tdr_std"] == pytest.approx(0.5)
+    assert t.loc["b", "tdr_std"] == 0.0 and t.loc["a", "seeds"] == 3
+    md = markdown_table(t, "x")
+    assert "| a | 3 | 0.5000 ± 0.5000 | 2 ± 1 |" in md
+
+
 def test_compare_writes_table_and_plots(ray_session, tmp_path):
+    """Two real runs through ``raysim compare`` (Ray, run directories, table, plots)."""
     from raysim.compare import compare
 
     path = tmp_path / "cmp.toml"
     path.write_text(f"""
 [compare]
 algorithms = ["fed-ht", "flops-pa"]
-seeds = [0, 1]
+seeds = [0]
 out_dir = "{tmp_path / 'out'}"
 max_parallel = 1
 
@@ -66,14 +80,15 @@ rate = 0.5
 """)
     table, out = compare(path)
     assert list(table.index) == ["fed-ht", "flops-pa"]
-    assert (table["seeds"] == 2).all()
+    assert (table["seeds"] == 1).all()
     for col in ("density_mean", "tdr_mean", "tpr_mean", "r2_mean", "cum_bytes_up_mean", "cum_bytes_down_std",
                 "wall_s_mean"):
         assert col in table
     assert (table["density_mean"] <= 0.1 + 1e-9).all()
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 4
+    assert len(runs) == 2
+    assert (out / "runs" / "fed-ht-s0" / "summary.json").exists()
     md = (out / "table.md").read_text()
-    assert "| fed-ht | 2 |" in md and "±" in md
+    assert "| fed-ht | 1 |" in md and "±" in md
     for png in ("r2_rounds.png", "r2_bytes.png", "tdr_rounds.png", "tdr_bytes.png"):
         assert (out / png).stat().st_size > 1000

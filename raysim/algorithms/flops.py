@@ -123,7 +123,7 @@ class FLoPS(Algorithm):
 
     # -- server --------------------------------------------------------------------------
     def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:
-        cfg, p = self.cfg, self.model.p
+        cfg = self.cfg
         theta, phi, lam = state["theta"], state["phi"], float(state["lam"])
         t = ctx.step
         tau = tau_at(t, self.tau0, ctx.schedule.tau_end, cfg.tau_schedule)
