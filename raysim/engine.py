@@ -83,8 +83,11 @@ class ClientCohort:
 
     def train(self, step: int, payload: dict[str, Any], client_ids: np.ndarray,
               work: np.ndarray | None = None) -> Partial:
+        """One step of the given clients. The cohort's data already lives on ``self.device``
+        (moved once, at construction); the algorithm moves the payload there; the result
+        always comes back as host (CPU) numpy arrays, ready to be sent to the server."""
         ctx = StepContext(self.cfg.run.seed, step, self.comp.schedule)
-        return self.comp.algo.client_update(payload, self.data, self.local_index(client_ids), ctx, work)
+        return _to_host(self.comp.algo.client_update(payload, self.data, self.local_index(client_ids), ctx, work))
 
     def evaluate(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-client fairness scores of a deployed model on the clients' held-out data."""
@@ -97,6 +100,20 @@ class ClientCohort:
 
     def info(self) -> dict[str, Any]:
         return {"n_clients": int(self.ids.size), "data_bytes": self.data.nbytes(), "build_s": self.build_s}
+
+
+def _host(v: Any) -> Any:
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+
+
+def _to_host(p: Partial) -> Partial:
+    """Device tensors left in a Partial (an accelerator cohort) become CPU numpy arrays."""
+    p.sums = {k: _host(v) for k, v in p.sums.items()}
+    for name in ("client_ids", "client_loss", "client_n", "client_steps"):
+        setattr(p, name, _host(getattr(p, name)))
+    if isinstance(p.weight, torch.Tensor):
+        p.weight = float(p.weight)
+    return p
 
 
 class ServerCore:
