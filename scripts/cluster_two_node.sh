@@ -93,7 +93,7 @@ submit() {  # submit NAME ENTRYPOINT...  -> waits, prints the tail of the logs, 
   set -e
   tail -n 25 "$BASE/job-$name.out"
   local st
-  st=$(ray job status "$id" 2>/dev/null | grep -oE "SUCCEEDED|FAILED|STOPPED|RUNNING|PENDING" | tail -1)
+  st=$(ray job status "$id" 2>&1 | grep -oE "SUCCEEDED|FAILED|STOPPED|RUNNING|PENDING" | tail -1)
   echo "job $id: submit exit status $rc, job status ${st:-unknown}"
   [ "$rc" -eq 0 ] && [ "$st" = "SUCCEEDED" ]
 }
@@ -122,9 +122,15 @@ fi
 
 if "$PY" -m raysim.cli tune --help >/dev/null 2>&1; then
   TUNE_DIR="$BASE/out/tune"
-  submit tune "$PY" -m raysim.cli tune --n-trials 4 "${SMALL[@]}" --set run.rounds=6 --out "$TUNE_DIR" ||
+  # a small study: 3 trials of a shipped study file, on a smaller federation, one trial at a time
+  if submit tune "$PY" -m raysim.cli tune tuning/lr-ratios.toml --n-trials 3 --parallel 1 --no-progress \
+      --set run.rounds=4 --set data.n_clients=200 --set cluster.clients_per_actor=100 --out "$TUNE_DIR"; then
+    log "checking $TUNE_DIR"
+    ls "$TUNE_DIR"
+    [ -n "$(ls -A "$TUNE_DIR" 2>/dev/null)" ] || { echo "the study wrote nothing" >&2; STATUS=1; }
+  else
     STATUS=1
-  ls "$TUNE_DIR" 2>/dev/null | head -20 || true
+  fi
 else
   log "raysim tune is not in this version: only the run job was submitted"
 fi
