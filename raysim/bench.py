@@ -134,7 +134,7 @@ def measure(mode: str, cfg, min_time: float = 5.0, min_rounds: int = 2, max_roun
                     sel = part.select(step)
                     partial = cohort.train(step, state["payload"], sel.reporting, sel.work[sel.reported])
                     state["payload"] = server.apply(step, sel.n_selected, [partial])
-                    n += int(partial.client_ids.size)
+                    n += int(sel.reporting.size)
                 server.end_round()
                 return n
 

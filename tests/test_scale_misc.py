@@ -81,3 +81,25 @@ def test_memory_sampler_sees_this_process():
         mem.sample()
         del block
     assert mem.peak > 160e6
+
+
+def test_large_selections_are_trained_in_passes_with_the_same_result():
+    from raysim.algorithms import aggregate
+
+    sel = np.array([0, 2, 3, 5, 8, 11])
+    out = {}
+    for size in (1024, 4):
+        cfg = load_config(None, [*SMALL, f"cluster.max_batch_clients={size}"])
+        from raysim.engine import ServerCore
+
+        cohort = ClientCohort(cfg, np.arange(12))
+        server = ServerCore(cfg)
+        res = cohort.train(0, server.payload(), sel, np.ones(sel.size))
+        out[size] = (res, server.apply(0, sel.size, [res]))
+    assert isinstance(out[4][0], list) and len(out[4][0]) == 2 and not isinstance(out[1024][0], list)
+    whole, parts = aggregate([out[1024][0]]), aggregate(out[4][0])
+    assert parts.n_reported == whole.n_reported == sel.size
+    for k in whole.mean:
+        np.testing.assert_allclose(parts.mean[k].numpy(), whole.mean[k].numpy(), rtol=1e-6, atol=1e-9)
+    for k in ("theta", "phi"):
+        np.testing.assert_allclose(out[4][1][k], out[1024][1][k], rtol=1e-6, atol=1e-9)
