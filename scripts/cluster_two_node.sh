@@ -93,13 +93,15 @@ submit() {  # submit NAME ENTRYPOINT...  -> waits, prints the tail of the logs, 
   set -e
   tail -n 25 "$BASE/job-$name.out"
   local st
-  st=$(ray job status "$id" 2>&1 | grep -oE "SUCCEEDED|FAILED|STOPPED|RUNNING|PENDING" | tail -1)
+  # `ray job status` prints "Job '<id>' succeeded|failed", "... was stopped" or "Status for job ...: <STATUS>"
+  st=$(ray job status "$id" 2>&1 | grep -oiE "succeeded|failed|was stopped|RUNNING|PENDING" | tail -1 |
+       tr '[:lower:]' '[:upper:]' | sed 's/WAS STOPPED/STOPPED/')
   echo "job $id: submit exit status $rc, job status ${st:-unknown}"
   [ "$rc" -eq 0 ] && [ "$st" = "SUCCEEDED" ]
 }
 
 RUN_DIR="$BASE/out/run"
-if submit run "$PY" -m raysim.cli run --no-progress "${SMALL[@]}" --out "$RUN_DIR"; then
+if submit run "$PY" -m raysim run --no-progress "${SMALL[@]}" --out "$RUN_DIR"; then
   log "checking $RUN_DIR"
   "$PY" - "$RUN_DIR" <<'EOF' || STATUS=1
 import json, sys
@@ -120,10 +122,10 @@ else
   STATUS=1
 fi
 
-if "$PY" -m raysim.cli tune --help >/dev/null 2>&1; then
+if "$PY" -m raysim tune --help >/dev/null 2>&1; then
   TUNE_DIR="$BASE/out/tune"
   # a small study: 3 trials of a shipped study file, on a smaller federation, one trial at a time
-  if submit tune "$PY" -m raysim.cli tune tuning/lr-ratios.toml --n-trials 3 --parallel 1 --no-progress \
+  if submit tune "$PY" -m raysim tune tuning/lr-ratios.toml --n-trials 3 --parallel 1 --no-progress \
       --set run.rounds=4 --set data.n_clients=200 --set cluster.clients_per_actor=100 --out "$TUNE_DIR"; then
     log "checking $TUNE_DIR"
     ls "$TUNE_DIR"
