@@ -18,7 +18,7 @@ from raysim.config import Config, ConfigError, load_config
 Command = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
 #: modules that register more sub-commands with :func:`command` (imported by build_parser)
-PLUGINS: list[str] = ["raysim.stress", "raysim.compare", "raysim.tuning.cli"]
+PLUGINS: list[str] = ["raysim.stress", "raysim.compare", "raysim.tuning.cli", "raysim.bench"]
 
 
 def command(name: str, help_text: str):

@@ -207,6 +207,9 @@ class ClusterSection(_Section):
     balance: Literal["work", "contiguous"] = Field(
         "work", description="Client-to-actor assignment: 'work' balances the expected work per step "
                             "(participation probability x client cost, greedy); 'contiguous' gives equal blocks of ids.")
+    max_batch_clients: int = Field(
+        1024, ge=1, description="Most selected clients a client actor trains in one vectorised pass; more are split "
+                                "into passes (bounds a step's working memory; results unchanged up to float rounding).")
     max_restarts: int = Field(
         3, ge=-1, description="Times a dead client actor is restarted (its data rebuilt, its lost work redone); -1: unlimited.")
 

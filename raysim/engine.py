@@ -82,9 +82,29 @@ class ClientCohort:
         return torch.from_numpy(pos).to(self.device)
 
     def train(self, step: int, payload: dict[str, Any], client_ids: np.ndarray,
-              work: np.ndarray | None = None) -> Partial:
+              work: np.ndarray | None = None) -> Partial | list[Partial]:
+        """One step of the given clients. The cohort's data already lives on ``self.device``
+        (moved once, at construction); the algorithm moves the payload there; the result
+        always comes back as host (CPU) numpy arrays, ready to be sent to the server.
+
+        More than ``cluster.max_batch_clients`` selected clients are trained in several
+        vectorised passes, which bounds the step's working memory (mini-batches, per-client
+        gradients); the result is then a list of partials, one per pass, which the server
+        aggregates like partials from more actors (the same sums up to float rounding).
+        """
         ctx = StepContext(self.cfg.run.seed, step, self.comp.schedule)
-        return self.comp.algo.client_update(payload, self.data, self.local_index(client_ids), ctx, work)
+        idx = self.local_index(np.asarray(client_ids))
+        algo = self.comp.algo
+        size = getattr(self.cfg.cluster, "max_batch_clients", None) or len(idx)
+        if len(idx) <= size:
+            return _to_host(algo.client_update(payload, self.data, idx, ctx, work))
+        parts = [_to_host(algo.client_update(payload, self.data, idx[a: a + size], ctx,
+                                             None if work is None else work[a: a + size]))
+                 for a in range(0, len(idx), size)]
+        total = sum(p.compute_s for p in parts)
+        for p in parts:
+            p.compute_s = total        # the actor's compute time (aggregate() takes the max)
+        return parts
 
     def evaluate(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-client fairness scores of a deployed model on the clients' held-out data."""
@@ -97,6 +117,20 @@ class ClientCohort:
 
     def info(self) -> dict[str, Any]:
         return {"n_clients": int(self.ids.size), "data_bytes": self.data.nbytes(), "build_s": self.build_s}
+
+
+def _host(v: Any) -> Any:
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+
+
+def _to_host(p: Partial) -> Partial:
+    """Device tensors left in a Partial (an accelerator cohort) become CPU numpy arrays."""
+    p.sums = {k: _host(v) for k, v in p.sums.items()}
+    for name in ("client_ids", "client_loss", "client_n", "client_steps"):
+        setattr(p, name, _host(getattr(p, name)))
+    if isinstance(p.weight, torch.Tensor):
+        p.weight = float(p.weight)
+    return p
 
 
 class ServerCore:
@@ -139,7 +173,9 @@ class ServerCore:
             raise RuntimeError(f"server at step {self.step} got an update for step {step}")
         t0 = time.perf_counter()
         algo = self.comp.algo
-        agg = aggregate(list(partials))
+        # an actor that trained its clients in several passes sends a list of partials
+        partials = [q for p in partials for q in (p if isinstance(p, (list, tuple)) else [p])]
+        agg = aggregate(partials)
         ctx = StepContext(self.cfg.run.seed, step, self.comp.schedule)
         self.state = algo.server_update(self.state, agg, ctx)
         down, up = algo.comm_bytes(self.state, n_selected, agg.n_reported)

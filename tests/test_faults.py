@@ -155,7 +155,7 @@ def test_sigkilled_run_resumes_from_cli(baseline, ray_session, tmp_path):
 
     cfg_args = [a for o in SMALL for a in ("--set", o)]
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [sys.executable, "-m", "raysim.cli", "run", *cfg_args, "--set", "run.eval_every=1",
+    cmd = [sys.executable, "-m", "raysim", "run", *cfg_args, "--set", "run.eval_every=1",
            "--out", str(tmp_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120

@@ -21,10 +21,18 @@ def _setup_process(threads: int) -> None:
 
 
 def _device(cfg: Config) -> str:
+    """The client actor's device: its assigned GPU when ``cluster.num_gpus > 0``, else the CPU.
+
+    Ray sets CUDA_VISIBLE_DEVICES for an actor that reserves GPUs, so ``cuda`` (device 0 of
+    the visible ones) is the GPU Ray assigned, shared by all actors given a fraction of it.
+    """
     import torch
 
-    if cfg.cluster.num_gpus > 0 and torch.cuda.is_available():
-        return "cuda"
+    if cfg.cluster.num_gpus > 0:
+        if torch.cuda.is_available():
+            return "cuda"
+        warnings.warn(f"cluster.num_gpus = {cfg.cluster.num_gpus:g} but torch sees no CUDA device in this "
+                      f"actor (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); using the CPU")
     return "cpu"
 
 
@@ -39,7 +47,8 @@ class ClientActor:
         self.cohort = ClientCohort(cfg, client_ids, device=_device(cfg))
 
     def ready(self) -> dict[str, Any]:
-        return {**self.cohort.info(), "pid": os.getpid(), "device": str(self.cohort.device)}
+        return {**self.cohort.info(), "pid": os.getpid(), "device": str(self.cohort.device),
+                "node": ray.get_runtime_context().get_node_id()}
 
     def train(self, step: int, payload: dict[str, Any], client_ids: np.ndarray, work: np.ndarray):
         return self.cohort.train(step, payload, client_ids, work)
