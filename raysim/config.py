@@ -312,17 +312,27 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def set_dotted(data: dict[str, Any], key: str | list[str], value: Any, where: str | None = None) -> None:
+    """Set ``data[a][b]... = value`` for the dotted key ``a.b...`` (sections created as needed).
+
+    ``where`` names the source in errors (e.g. ``"--set 'a.b=1'"``).
+    """
+    path = key.split(".") if isinstance(key, str) else list(key)
+    prefix = f"{where}: " if where else ""
+    node = data
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{prefix}'{'.'.join(path)}': '{part}' is a value, not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     data = copy.deepcopy(data)
     for item in overrides or []:
         path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {item!r}: '{part}' is a value, not a section")
-            node = nxt
-        node[path[-1]] = value
+        set_dotted(data, path, value, where=f"--set {item!r}")
     return data
 
 

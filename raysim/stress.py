@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from raysim.cli import command
-from raysim.config import Config, ConfigError, _deep_merge, read_toml, validate
+from raysim.config import Config, ConfigError, _deep_merge, read_toml, set_dotted, validate
 
 #: settings of a cell that do not change its results (ignored when deciding to resume)
 _RUN_IGNORED = ("run_dir", "out_dir", "name", "progress", "plots", "checkpoint_every")
@@ -96,16 +96,9 @@ def _algorithm_names() -> tuple[str, ...]:
 # ---- grid file -----------------------------------------------------------------------------------
 
 def _set_dotted(d: dict[str, Any], key: str, value: Any, where: str) -> None:
-    parts = key.split(".")
-    if len(parts) < 2:
+    if len(key.split(".")) < 2:
         raise ConfigError(f"{where}: {key!r} is not a dotted config key like 'data.h_coef' or 'partition.alpha'")
-    node = d
-    for p in parts[:-1]:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{where}: {key!r}: '{p}' is a value, not a section")
-        node = nxt
-    node[parts[-1]] = value
+    set_dotted(d, key, value, where)
 
 
 def _fmt(v: Any) -> str:

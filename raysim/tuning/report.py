@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from raysim.config import validate  # noqa: E402
 from raysim.tuning.objectives import best_trials, is_feasible  # noqa: E402
+from raysim.report import _save
 
 
 def _metric_names(study: optuna.Study) -> list[str]:
@@ -218,13 +219,6 @@ def _importances(study: optuna.Study, names: list[str], out: Path) -> pd.DataFra
         ax.set_title(n)
     _save(fig, out / "importances.png")
     return df
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _history(study: optuna.Study, names: list[str], out: Path) -> Path:

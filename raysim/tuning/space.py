@@ -13,19 +13,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from raysim.config import Config, ConfigError, _deep_merge, read_toml, validate
+from raysim.config import Config, ConfigError, _deep_merge, read_toml, set_dotted, validate
 from raysim.tuning.spec import TRIAL_SETTINGS, ParamSpec, StudySpec, midpoint
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        nxt = node.setdefault(part, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"'{key}': '{part}' is a value, not a section")
-        node = nxt
-    node[parts[-1]] = value
 
 
 def get_dotted(cfg: Config, key: str) -> Any:
