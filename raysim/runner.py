@@ -172,6 +172,7 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
             {**info["federation"], "n_actors": len(sim.actors),
              "clients_per_actor": [int(b.size) for b in sim.blocks],
              "work_imbalance": sim.imbalance,
+             "server": {"pid": info.get("pid"), "node": info.get("node")},
              "actors": sim.actor_info}, indent=2, default=str))
         total_rounds = sim.total_rounds
         acc: dict[str, float] = {}

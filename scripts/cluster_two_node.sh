@@ -111,11 +111,13 @@ s = json.loads((d / "summary.json").read_text())
 f = s["final"]
 fed = json.loads((d / "federation.json").read_text())
 nodes = sorted({a.get("node", "?")[:8] for a in fed["actors"]})
+server_node = (fed.get("server", {}).get("node") or "?")[:8]
 print(f"summary.json: rounds={s['rounds']} n_actors={s['n_actors']} density={f['density']:.4f} "
       f"(m={s['m']}, nnz={f['nnz']}) tdr={f.get('tdr')} r2={f.get('r2'):.4f} wall={s['wall_s']:.1f}s")
-print(f"client actors on nodes: {nodes}; metrics rows: {sum(1 for _ in open(d / 'metrics.csv')) - 1}; "
+print(f"server actor on node {server_node}, client actors on nodes {nodes}; metrics rows: {sum(1 for _ in open(d / 'metrics.csv')) - 1}; "
       f"checkpoints: {sorted(p.name for p in (d / 'checkpoints').glob('*.ckpt'))}")
 assert f["nnz"] <= s["m"], "final model denser than m"
+assert len(set(nodes) | {server_node}) == 2, "the run did not use both nodes"
 assert (d / "metrics.csv").exists() and (d / "model.npz").exists()
 EOF
 else

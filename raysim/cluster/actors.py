@@ -69,7 +69,7 @@ class ServerActor:
 
     def ready(self) -> dict[str, Any]:
         sch = self.core.comp.schedule
-        return {"pid": os.getpid(), "p": self.core.comp.model.p, "P": self.core.comp.model.P,
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "p": self.core.comp.model.p, "P": self.core.comp.model.P,
                 "m": self.core.comp.algo.m, "total_steps": sch.total_steps,
                 "steps_per_round": sch.steps_per_round, "prune_start": sch.prune_start,
                 "federation": self.core.comp.fed.stats()}
