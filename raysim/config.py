@@ -197,6 +197,10 @@ class AlgorithmSection(_Section):
 class ClusterSection(_Section):
     """Ray layout. Results do not depend on it (to float tolerance)."""
 
+    backend: Literal["ray", "local"] = Field(
+        "ray", description="ray: a server actor and client actors on Ray (local instance or cluster). local: the "
+                           "whole simulation in this process, no Ray (same metrics to float tolerance; for debugging, "
+                           "notebooks and many small runs such as tuning trials, where actor start-up would dominate).")
     address: Optional[str] = Field(None, description="Ray address; default: RAY_ADDRESS if set, else a local Ray instance.")
     num_actors: Optional[int] = Field(None, ge=1, description="Client actors; default 2 (or from clients_per_actor).")
     clients_per_actor: Optional[int] = Field(None, ge=1, description="Virtual clients hosted by one client actor.")

@@ -66,9 +66,12 @@ def build_components(cfg: Config) -> Components:
 class ClientCohort:
     """A cohort of virtual clients resident in one process (one client actor)."""
 
-    def __init__(self, cfg: Config, client_ids: np.ndarray, device: str = "cpu"):
+    def __init__(self, cfg: Config, client_ids: np.ndarray, device: str = "cpu",
+                 comp: Components | None = None):
+        """``comp``: components already built for ``cfg`` in this process (the in-process
+        backend shares the server's), else they are built here."""
         self.cfg = cfg
-        self.comp = build_components(cfg)
+        self.comp = comp if comp is not None else build_components(cfg)
         self.device = torch.device(device)
         self.ids = np.sort(np.asarray(client_ids, dtype=np.int64))
         t0 = time.perf_counter()

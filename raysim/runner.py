@@ -141,9 +141,8 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     checkpoint and ends with the same metrics as an uninterrupted run.
     """
     from raysim import checkpoint as ckpt
-    from raysim.cluster.driver import RaySimulation, init_ray
-    import ray
 
+    local = cfg.cluster.backend == "local"
     show = cfg.run.progress if console_output is None else console_output
     resumed = None
     if resume:
@@ -159,14 +158,26 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     run_dir = make_run_dir(cfg)
     dump_toml(cfg, run_dir / "config.toml")
     t_start = time.perf_counter()
-    started = init_ray(cfg)
+    started = False
+    if not local:
+        from raysim.cluster.driver import init_ray
+
+        started = init_ray(cfg)
     sim = None
     rows: list[dict[str, Any]] = []
     try:
         if show:
-            print(f"raysim: {cfg.algorithm.name} on {cfg.data.task}, {cfg.data.n_clients} clients in "
-                  f"{cfg.n_actors()} client actors; run directory {run_dir}", file=sys.stderr, flush=True)
-        sim = RaySimulation(cfg, placement_group=placement_group)
+            where = "in this process (cluster.backend = local)" if local else f"in {cfg.n_actors()} client actors"
+            print(f"raysim: {cfg.algorithm.name} on {cfg.data.task}, {cfg.data.n_clients} clients {where}; "
+                  f"run directory {run_dir}", file=sys.stderr, flush=True)
+        if local:
+            from raysim.local import LocalSimulation
+
+            sim = LocalSimulation(cfg)
+        else:
+            from raysim.cluster.driver import RaySimulation
+
+            sim = RaySimulation(cfg, placement_group=placement_group)
         info = sim.info
         _atomic_write(run_dir / "federation.json", json.dumps(
             {**info["federation"], "n_actors": len(sim.actors),
@@ -230,6 +241,8 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
         if sim is not None:
             sim.close()
         if started:
+            import ray
+
             ray.shutdown()
     if cfg.run.plots:
         from raysim.report import plot_run
@@ -257,10 +270,7 @@ def load_resume_config(run_dir: str | Path) -> Config:
 
 
 def _write_clients(sim, run_dir: Path) -> None:
-    import ray
-
-    theta_ref = sim.server.deployed.remote(True)
-    scores = ray.get([a.evaluate.remote(theta_ref) for a in sim.actors])
+    scores = sim.client_scores()
     df = pd.DataFrame({"client": np.concatenate([i for i, _ in scores]),
                        "score": np.concatenate([s for _, s in scores])})
     df.sort_values("client").to_csv(run_dir / "clients.csv", index=False)
