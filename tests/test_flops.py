@@ -55,7 +55,7 @@ def hand_step(cfg, theta, phi, lam, step):
     a = cfg.algorithm
     pi = torch.sigmoid(phi - g.shift)
     theta_new = theta - a.eta_theta * gth
-    phi_new = phi - a.eta_phi * (gph + lam * pi * (1 - pi) / p)
+    phi_new = phi - a.eta_phi * (gph + lam * pi * (1 - pi))
     c = float(torch.sigmoid(phi_new - g.shift).mean()) - a.rho
     lam_new = 0.0 if c <= 0 else max(0.0, lam + a.eta_lambda * c)
     return theta_new, phi_new, lam_new
