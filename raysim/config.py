@@ -48,7 +48,10 @@ class RunSection(_Section):
     out_dir: str = Field("runs", description="Parent folder of run directories.")
     run_dir: Optional[str] = Field(None, description="Exact run directory (overrides out_dir/name).")
     progress: bool = Field(True, description="Show a progress bar and the final summary table.")
-    plots: bool = Field(True, description="Write PNG plots into the run directory.")
+    plots: bool = Field(True, description="Write plots into the run directory.")
+    plot_format: Literal["png", "pdf", "svg"] = Field(
+        "png", description="File format of every plot raysim writes for this config: the run's plots, and the "
+                           "figures of compare / stress / tune outputs built from it (pdf and svg for papers).")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint the server state every k rounds (0: never).")
 
 
