@@ -168,40 +168,48 @@ def markdown_table(table: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str]) -> list[Path]:
-    """Test metric and TDR against rounds and cumulative bytes: mean over seeds, one line per algorithm."""
-    import matplotlib
+def plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str], fmt: str = "png") -> list[Path]:
+    """Test metric and TDR against rounds and cumulative bytes: mean over seeds, one line per
+    algorithm in its own colour, line style and marker (:func:`raysim.plotstyle.algo_style`)."""
+    from raysim.plotstyle import style
 
-    matplotlib.use("Agg")
+    with style():
+        return _plot_curves(curves, out_dir, metric, order, fmt)
+
+
+def _plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str], fmt: str) -> list[Path]:
     import matplotlib.pyplot as plt
+
+    from raysim.plotstyle import algo_style, markevery, save
 
     curves = curves.copy()
     curves["cum_bytes"] = curves["cum_bytes_up"] + curves["cum_bytes_down"]
+    n_seeds = curves.groupby("algorithm")["seed"].nunique()
     paths = []
     for col in (metric, "tdr"):
         if col not in curves or curves[col].isna().all():
             continue
         for xcol, xlabel, suffix in (("round", "round", "rounds"), ("cum_bytes", "cumulative bytes (up + down)", "bytes")):
             fig, ax = plt.subplots(figsize=(6.5, 4.2))
-            for algo in order:
+            for i, algo in enumerate(order):
                 d = curves[curves["algorithm"] == algo]
                 if d.empty:
                     continue
                 g = d.groupby("round").agg(x=(xcol, "mean"), y=(col, "mean"), s=(col, "std")).dropna(subset=["y"])
-                line, = ax.plot(g["x"], g["y"], label=algo, lw=1.4)
+                st = algo_style(algo)
+                ax.plot(g["x"], g["y"], label=algo, markevery=markevery(len(g), 8, i, len(order)), **st)
                 ax.fill_between(g["x"], g["y"] - g["s"].fillna(0), g["y"] + g["s"].fillna(0),
-                                color=line.get_color(), alpha=0.12, lw=0)
+                                color=st["color"], alpha=0.12, lw=0)
             if xcol == "cum_bytes":
                 ax.set_xscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(col)
-            ax.set_title(f"{col} of the deployed model (mean ± std over seeds)")
-            ax.legend(fontsize=7, ncol=2)
+            seeds = sorted(set(n_seeds.reindex(order).dropna().astype(int)))
+            ax.set_title(f"{col} of the deployed model (mean ± std over "
+                         f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''})")
+            ax.legend(ncol=2, loc="best")
             fig.tight_layout()
-            path = out_dir / f"{col}_{suffix}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(save(fig, out_dir / f"{col}_{suffix}.png", fmt))
     return paths
 
 
@@ -232,7 +240,7 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
     title = (f"{spec['name']}: task {task}, p = {c0.data.p}, rho = {c0.algorithm.rho}, {c0.data.n_clients} clients, "
              f"{c0.run.rounds} rounds, seeds {', '.join(map(str, spec['seeds']))}")
     (out / "table.md").write_text(markdown_table(table, title))
-    plot_curves(curves, out, metric, spec["algorithms"])
+    plot_curves(curves, out, metric, spec["algorithms"], c0.run.plot_format)
     failed = [c.run.name for c, r in zip(cfgs, results) if isinstance(r, Exception)]
     if failed:
         print(f"raysim compare: {len(failed)} run(s) failed: {', '.join(failed)}")

@@ -27,9 +27,9 @@ from matplotlib.colors import to_rgb  # noqa: E402
 #: file formats a figure can be written in (``run.plot_format`` and the --plot-format options)
 PLOT_FORMATS = ("png", "pdf", "svg")
 
-#: Okabe-Ito colour-blind safe palette, then two more distinct colours
-COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",
-          "#882255", "#7F7F7F"]
+#: Okabe-Ito colour-blind safe palette (yellow darkened for white paper), then four more distinct colours
+COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#882255",
+          "#7F7F7F", "#44AA99", "#B8A000"]
 LINESTYLES: list[Any] = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h"]
 
@@ -75,9 +75,12 @@ def algo_style(name: str) -> dict[str, Any]:
             "marker": MARKERS[(h // 49) % len(MARKERS)]}
 
 
-def markevery(n_points: int, n_markers: int = 10) -> int:
-    """Marker spacing so that a curve of ``n_points`` shows about ``n_markers`` markers."""
-    return max(1, n_points // n_markers)
+def markevery(n_points: int, n_markers: int = 10, index: int = 0, of: int = 1) -> Any:
+    """Marker spacing so that a curve of ``n_points`` shows about ``n_markers`` markers; curve
+    ``index`` of ``of`` curves on one axis gets its markers shifted so that they do not sit on
+    top of the other curves' markers."""
+    k = max(1, n_points // n_markers)
+    return (index * k // max(of, 1), k) if of > 1 else k
 
 
 @contextmanager
