@@ -95,16 +95,21 @@ class _Progress:
         self._last_plain = -1.0
         if enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress
 
             self.console = Console(stderr=True)
             if self.console.is_terminal:
-                # round M/N, a short bar, elapsed time and the metrics: fits 80 columns
-                self._bar = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(bar_width=12),
-                                     TimeElapsedColumn(), TextColumn("{task.description}"),
-                                     console=self.console, transient=False)
+                self._bar = Progress(*self.columns(), console=self.console, transient=False)
                 self._task = self._bar.add_task("", total=total)
                 self._bar.start()
+
+    @staticmethod
+    def columns() -> tuple[Any, ...]:
+        """round M/N, a short bar, elapsed time and the metrics (:meth:`text`): fits 80 columns."""
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        return (TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(bar_width=12), TimeElapsedColumn(),
+                TextColumn("{task.description}"))
 
     #: live metrics with short names; the line after "round M/N bar time" fits 80 columns
     SHORT = {"density": "dens", "lambda": "lam", "tdr": "tdr", "soft_iou": "iou", "accuracy": "acc",

@@ -389,7 +389,7 @@ class _Bar:
 
         self.spec = spec
         self.console = console
-        self.p = Progress(TextColumn("[bold]trials"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+        self.p = Progress(TextColumn("[bold]trials"), MofNCompleteColumn(), BarColumn(bar_width=16), TimeElapsedColumn(),
                           TextColumn("{task.description}"), console=console, transient=False,
                           disable=console.quiet)
         self.t = self.p.add_task("", total=total)
