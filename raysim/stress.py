@@ -457,11 +457,14 @@ def _stress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
     p.add_argument("--report", action="store_true", help="only rewrite results.csv and the heatmaps from the cells")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
+                   help="file format of the heatmaps (default: run.plot_format of the grid file)")
 
 
 @command("stress", "sweep scenario knobs x algorithms x seeds on Ray; table and heatmaps (resumable)")(_stress_args)
 def cmd_stress(args: argparse.Namespace) -> int:
-    grid = load_grid(args.grid, args.overrides, args.out)
+    overrides = list(args.overrides) + ([f"run.plot_format='{args.plot_format}'"] if args.plot_format else [])
+    grid = load_grid(args.grid, overrides, args.out)
     if args.dry_run:
         for c in grid.cells:
             print(f"{'done' if cell_done(c) else 'todo'}  {c.algorithm:<14} seed={c.seed}  "

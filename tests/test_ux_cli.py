@@ -116,3 +116,36 @@ def test_live_metrics_fit_80_columns():
     lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
     assert lines and all(len(ln) <= 80 for ln in lines)
     assert text in lines[0]                        # the metrics line is whole, not wrapped or ellipsised
+
+
+def test_compare_no_progress_prints_only_the_table_and_writes_svg(tmp_path):
+    cfg = tmp_path / "cmp.toml"
+    cfg.write_text(f"""
+[compare]
+algorithms = ["flops", "fedavg"]
+seeds = [0]
+out_dir = "{tmp_path / 'out'}"
+max_parallel = 1
+
+[run]
+rounds = 3
+plots = false
+
+[data]
+p = 40
+n_clients = 4
+n_per_client = 20
+test_samples = 200
+
+[participation]
+rate = 0.5
+""")
+    p = raysim_cmd("compare", str(cfg), "--no-progress", "--plot-format", "svg", timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.lstrip().startswith("### ")                 # the table first: no status lines before it
+    assert "raysim compare:" not in p.stdout and "Token authentication" not in p.stderr
+    assert p.stderr.strip() == "", p.stderr[-2000:]
+    out = tmp_path / "out"
+    assert (out / "r2_rounds.svg").exists() and not (out / "r2_rounds.png").exists()
+    svg = (out / "r2_rounds.svg").read_text()
+    assert "flops" in svg and "fedavg" in svg
