@@ -28,13 +28,13 @@ import pandas as pd
 
 from raysim.config import Config, ConfigError, dump_toml, load_config
 
-ADDITIVE = ("n_selected", "n_reported", "bytes_up", "bytes_down", "client_compute_s", "aggregation_s", "round_s")
+ADDITIVE = ("n_selected", "n_reported", "client_steps", "bytes_up", "bytes_down", "client_compute_s", "aggregation_s", "round_s")
 
 COLUMNS = ["round", "step", "density", "expected_density", "nnz", "m", "lambda", "tdr", "tpr", "f1",
            "soft_iou", "mse", "r2", "accuracy", "log_loss", "auc", "micro_f1", "macro_f1", "hamming_loss",
            "fair_mean", "fair_std", "fair_worst5", "fair_best5", "mean_entropy", "tau", "train_loss",
            "n_selected", "n_reported", "work_done", "bytes_up", "bytes_down", "cum_bytes_up",
-           "cum_bytes_down", "round_s", "client_compute_s", "aggregation_s", "evaluation_s",
+           "cum_bytes_down", "client_steps", "cum_client_steps", "round_s", "client_compute_s", "aggregation_s", "evaluation_s",
            "clients_per_s", "wall_s"]
 
 
@@ -160,9 +160,8 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     checkpoint and ends with the same metrics as an uninterrupted run.
     """
     from raysim import checkpoint as ckpt
-    from raysim.cluster.driver import RaySimulation, init_ray
-    import ray
 
+    local = cfg.cluster.backend == "local"
     show = cfg.run.progress if console_output is None else console_output
     resumed = None
     if resume:
@@ -178,14 +177,26 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     run_dir = make_run_dir(cfg)
     dump_toml(cfg, run_dir / "config.toml")
     t_start = time.perf_counter()
-    started = init_ray(cfg)
+    started = False
+    if not local:
+        from raysim.cluster.driver import init_ray
+
+        started = init_ray(cfg)
     sim = None
     rows: list[dict[str, Any]] = []
     try:
         if show:
-            print(f"raysim: {cfg.algorithm.name} on {cfg.data.task}, {cfg.data.n_clients} clients in "
-                  f"{cfg.n_actors()} client actors; run directory {run_dir}", file=sys.stderr, flush=True)
-        sim = RaySimulation(cfg, placement_group=placement_group)
+            where = "in this process (cluster.backend = local)" if local else f"in {cfg.n_actors()} client actors"
+            print(f"raysim: {cfg.algorithm.name} on {cfg.data.task}, {cfg.data.n_clients} clients {where}; "
+                  f"run directory {run_dir}", file=sys.stderr, flush=True)
+        if local:
+            from raysim.local import LocalSimulation
+
+            sim = LocalSimulation(cfg)
+        else:
+            from raysim.cluster.driver import RaySimulation
+
+            sim = RaySimulation(cfg, placement_group=placement_group)
         info = sim.info
         _atomic_write(run_dir / "federation.json", json.dumps(
             {**info["federation"], "n_actors": len(sim.actors),
@@ -249,6 +260,8 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
         if sim is not None:
             sim.close()
         if started:
+            import ray
+
             ray.shutdown()
     if cfg.run.plots:
         from raysim.report import plot_run
@@ -276,10 +289,7 @@ def load_resume_config(run_dir: str | Path) -> Config:
 
 
 def _write_clients(sim, run_dir: Path) -> None:
-    import ray
-
-    theta_ref = sim.server.deployed.remote(True)
-    scores = ray.get([a.evaluate.remote(theta_ref) for a in sim.actors])
+    scores = sim.client_scores()
     df = pd.DataFrame({"client": np.concatenate([i for i, _ in scores]),
                        "score": np.concatenate([s for _, s in scores])})
     df.sort_values("client").to_csv(run_dir / "clients.csv", index=False)

@@ -191,6 +191,11 @@ class RaySimulation:
     def deployed(self, final: bool = True) -> np.ndarray:
         return ray.get(self.server.deployed.remote(final))
 
+    def client_scores(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-client held-out scores of the final deployed model, one (ids, scores) per actor."""
+        theta_ref = self.server.deployed.remote(True)
+        return ray.get([a.evaluate.remote(theta_ref) for a in self.actors])
+
     def close(self) -> None:
         for a in self.actors:
             ray.kill(a)

@@ -125,6 +125,8 @@ def run_many(cfgs: Sequence[Config], max_parallel: int | None = None,
     of each run. ``on_result(index, result)`` is called as each one finishes.
     """
     cfgs = list(cfgs)
+    if cfgs and all(c.cluster.backend == "local" for c in cfgs):
+        return _run_many_local(cfgs, on_result, progress, description)
     started = init_ray_for(cfgs, max_parallel)
     try:
         k = max_parallel or default_parallel(cfgs)
@@ -158,6 +160,28 @@ def run_many(cfgs: Sequence[Config], max_parallel: int | None = None,
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_many_local(cfgs: list[Config], on_result: Callable[[int, Any], None] | None,
+                    progress: bool, description: str) -> list[Any]:
+    """``cluster.backend = "local"``: the runs one after another in this process, no Ray."""
+    from raysim.runner import run
+
+    results: list[Any] = [None] * len(cfgs)
+    bar = _bar(len(cfgs), progress, description)
+    try:
+        for i, cfg in enumerate(cfgs):
+            try:
+                results[i] = run(cfg, console_output=False)
+            except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+                results[i] = RunFailed(f"run {i} ({cfg.run.name}) failed: {exc}",
+                                       "".join(traceback.format_exception(exc)))
+            if on_result is not None:
+                on_result(i, results[i])
+            bar.advance()
+    finally:
+        bar.close()
+    return results
 
 
 class _bar:

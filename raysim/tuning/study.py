@@ -219,6 +219,9 @@ class _TrialRunner:
             return self._fail(trial, str(exc))
         trial.set_user_attr("config", cfg.to_toml_dict())
         trial.set_user_attr("run_dir", str(run_dir))
+        if cfg.cluster.backend == "local":
+            result = self._run_local(trial, cfg, t0)
+            return self._finish(trial, cfg, result, t0)
         reporter = self.reporters.get()
         try:
             if reporter is not None:
@@ -238,6 +241,37 @@ class _TrialRunner:
                 remove_placement_group(pg)
         finally:
             self.reporters.put(reporter)
+        return self._finish(trial, cfg, result, t0)
+
+    def _run_local(self, trial: optuna.Trial, cfg: Any, t0: float) -> Any:
+        """A trial with ``cluster.backend = "local"``: the run in this process (no Ray); its
+        intermediate values go straight to the trial and a pruned trial stops the run."""
+        from raysim.runner import run
+
+        spec = self.spec
+        metric = spec.objective.metrics[0]
+        pruning = not spec.objective.multi and spec.study.pruner != "none"
+
+        def on_eval(rnd: int, row: dict[str, Any]) -> None:
+            if not pruning or metric not in row:
+                return
+            v = row[metric]
+            trial.report(float("nan") if v is None else float(v), int(rnd))
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_round", int(rnd))
+                trial.set_user_attr("wall_s", time.perf_counter() - t0)
+                raise optuna.TrialPruned()
+
+        try:
+            return run(cfg, on_eval=on_eval, console_output=False)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # noqa: BLE001 - recorded on the trial, the study goes on
+            return self._fail(trial, f"run failed: {type(exc).__name__}: {exc}",
+                              "".join(traceback.format_exception(exc))[-4000:])
+
+    def _finish(self, trial: optuna.Trial, cfg: Any, result: Any, t0: float) -> float | list[float]:
+        spec = self.spec
         final = result.summary["final"]
         trial.set_user_attr("wall_s", time.perf_counter() - t0)
         trial.set_user_attr("run_wall_s", float(result.summary.get("wall_s", float("nan"))))
@@ -309,7 +343,17 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | 
     console.print(f"study [bold]{spec.study.name}[/]: {done} of {total} trials finished, running {remaining} "
                   f"({k} at a time); storage {location}")
     t0 = time.perf_counter()
-    if remaining:
+    if remaining and base_cfg.cluster.backend == "local":
+        # in-process trials (no Ray): k threads share this process
+        reporters_local: queue.Queue = queue.Queue()
+        bar = _Bar(remaining, console, spec)
+        try:
+            study.optimize(_TrialRunner(spec, study_dir, overrides, reporters_local), n_trials=remaining,
+                           timeout=timeout, n_jobs=k, catch=(Exception,), callbacks=[bar.callback],
+                           gc_after_trial=False)
+        finally:
+            bar.close()
+    elif remaining:
         started = init_ray_for([base_cfg], k)
         reporters: queue.Queue = queue.Queue()
         actors = []
