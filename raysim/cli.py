@@ -102,6 +102,7 @@ def describe_run(cfg: Config, resume: str | None = None) -> str:
               if d.kind == "real" else f"synthetic, p = {d.p}")
     ray_at = (c.address or f"RAY_ADDRESS={_env('RAY_ADDRESS')}") if (c.address or _env("RAY_ADDRESS")) \
         else "a new local Ray instance"
+    backend = getattr(c, "backend", "ray")
     rho = getattr(a, "rho", None)
     lines = [
         f"would run: {a.name} on task {d.task}, {source}, {d.n_clients} clients",
@@ -110,7 +111,8 @@ def describe_run(cfg: Config, resume: str | None = None) -> str:
         f"  participation: {cfg.participation.kind}, rate {cfg.participation.rate:g}"
         + (f", dropout {cfg.participation.dropout:g}" if cfg.participation.dropout else "")
         + (f"; partition {cfg.partition.kind}" if d.kind == "real" else ""),
-        f"  Ray: {cfg.n_actors()} client actors x {c.num_cpus:g} CPU + server {c.server_num_cpus:g} CPU on {ray_at}",
+        ("  backend: in this process (cluster.backend = local, no Ray)" if backend == "local" else
+         f"  Ray: {cfg.n_actors()} client actors x {c.num_cpus:g} CPU + server {c.server_num_cpus:g} CPU on {ray_at}"),
         f"  run directory: {where}",
         f"  plots: {r.plot_format if r.plots else 'none'}; checkpoint every {r.checkpoint_every or 'never'}",
         "dry run: nothing started",
