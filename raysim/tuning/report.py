@@ -356,7 +356,9 @@ def _optuna_plots(study: optuna.Study, names: list[str], out: Path, fmt: str, sk
         ax = _try("pareto_front", skipped, lambda: vis.plot_pareto_front(
             study, target_names=names[:3] if len(names) <= 3 else names[:2],
             targets=None if len(names) <= 3 else (lambda t: (t.values[0], t.values[1])),
-            constraints_func=constraints_func))
+            # Optuna >= 4 reads the trials' own constraints (raysim records them, see
+            # objectives.record_constraints); older versions need the function
+            constraints_func=None if hasattr(FrozenTrial, "constraints") else constraints_func))
         if ax is not None:
             _tidy(ax)
             fig = _fig(ax)
