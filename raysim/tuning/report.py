@@ -140,6 +140,8 @@ def write_report(study: optuna.Study, study_dir: str | Path, session: dict[str, 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         importances = _importances(study, names, out, fmt, skipped)
         plots = _optuna_plots(study, names, out, fmt, skipped, importances)
+        if importances is not None:
+            plots += sorted(out.glob(f"importances*.{fmt}"))
     exported = []
     if best:
         cfg = best_config(best[0], f"{study.study_name}-best")
