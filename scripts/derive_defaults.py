@@ -28,9 +28,8 @@ KNOBS = {  # config key -> (log scale, rounding)
 
 def _round(v: float, how) -> float:
     if how == "sig1":
-        e = math.floor(math.log10(abs(v)))
-        return float(round(v / 10 ** e) * 10 ** e)
-    return float(round(v / how) * how)
+        return float(f"{v:.1g}")
+    return round(round(v / how) * how, 10)
 
 
 def derive(study_dir: Path, top: int = 10) -> dict:
