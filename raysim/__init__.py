@@ -2,13 +2,13 @@
 
 The public Python API (see the README, "Using raysim from Python")::
 
-    import raysim
+    from raysim import load_config, run
 
-    res = raysim.run("datasets/synthetic-lr.toml", run__rounds=5)   # -> raysim.RunResult
-    cfg = raysim.load_config({"data": {"p": 200}}, {"algorithm.rho": 0.1})   # -> raysim.Config
+    res = run("datasets/synthetic-lr.toml", run__rounds=5)                  # -> RunResult
+    cfg = load_config({"data": {"p": 200}}, {"algorithm.rho": 0.1})         # -> Config
 
-``import raysim`` is cheap: it imports neither Ray nor torch. The names below are loaded
-on first use.
+Importing the package is cheap: neither Ray nor torch is loaded until a run starts. The
+names below are loaded on first use.
 """
 
 from __future__ import annotations
