@@ -130,9 +130,11 @@ def test_shipped_studies_are_valid(path):
     cfg, problems = check_spec(spec)
     assert not problems
     assert cfg.data.val_samples > 0 and not math.isnan(cfg.algorithm.rho)
-    if path.name.startswith("defaults-"):
-        # the per-task defaults studies tune the shipped scenario of their task, in process
-        assert spec.scenario.config == f"datasets/synthetic-{path.stem.split('-')[1]}.toml"
+    if path.name.startswith(("defaults-", "scenario-")):
+        # the defaults studies tune a shipped scenario (defaults-<task>: the one of their task), in process
+        assert spec.scenario.config.startswith("datasets/synthetic-") and Path(spec.scenario.config).exists()
+        if path.name.startswith("defaults-"):
+            assert spec.scenario.config == f"datasets/synthetic-{path.stem.split('-')[1]}.toml"
         assert cfg.cluster.backend == "local"
     else:
         # the research studies run over thousands of heterogeneous clients
