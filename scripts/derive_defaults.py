@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.studies)
     res = {}
-    for d in sorted(root.glob("defaults-*")):
+    for d in sorted([*root.glob("defaults-*"), *root.glob("scenario-*")]):
         if (d / "study.journal").exists():
             res[d.name] = derive(d, args.top)
             r = res[d.name]

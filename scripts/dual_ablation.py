@@ -29,12 +29,12 @@ def one(out: str, scen: str, label: str, factor: float | None, seed: int) -> dic
 
     path, metric = SCEN[scen]
     cfg = load_config(path, ["cluster.backend='local'", "run.progress=false", "run.plots=false",
-                             f"run.seed={seed}", "run.eval_every=1",
+                             f"run.seed={seed}", "run.eval_every=5",
                              f"run.run_dir='{out}/runs/{scen}/{label}/seed-{seed}'"])
     default = cfg.algorithm.eta_lambda
     eta = 1e-7 if factor is None else default * factor
     cfg = load_config(path, ["cluster.backend='local'", "run.progress=false", "run.plots=false",
-                             f"run.seed={seed}", "run.eval_every=1", f"algorithm.eta_lambda={eta}",
+                             f"run.seed={seed}", "run.eval_every=5", f"algorithm.eta_lambda={eta}",
                              f"run.run_dir='{out}/runs/{scen}/{label}/seed-{seed}'"])
     res = run(cfg, console_output=False)
     m = res.metrics
