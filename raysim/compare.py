@@ -81,7 +81,7 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> tuple[
     return spec, cfgs
 
 
-def run_all(cfgs: list[Config], max_parallel: int | None) -> list[Any]:
+def run_all(cfgs: list[Config], max_parallel: int | None, warm: bool = True) -> list[Any]:
     """Every run, in parallel on Ray where the lead's parallel runner exists."""
     try:
         from raysim.cluster.parallel import run_many
@@ -105,7 +105,7 @@ def run_all(cfgs: list[Config], max_parallel: int | None) -> list[Any]:
             if started:
                 ray.shutdown()
         return out
-    return run_many(cfgs, max_parallel=max_parallel)
+    return run_many(cfgs, max_parallel=max_parallel, warm=warm)
 
 
 def collect(spec: dict[str, Any], cfgs: list[Config], results: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -206,8 +206,11 @@ def plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[st
 
 
 def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str | None = None,
-            max_parallel: int | None = None) -> tuple[pd.DataFrame, Path]:
-    """Run a comparison file and write its table and plots; returns (table, output folder)."""
+            max_parallel: int | None = None, warm: bool = True) -> tuple[pd.DataFrame, Path]:
+    """Run a comparison file and write its table and plots; returns (table, output folder).
+
+    ``warm``: runs that share their data (the algorithms of one seed) run batched on a warm
+    pool of actors (``raysim.cluster.warm``); ``False``: every run with fresh actors."""
     from raysim.report import TEST_METRIC
 
     spec, cfgs = load_compare(path, overrides)
@@ -220,7 +223,7 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     print(f"raysim compare: {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) "
           f"-> {out}", flush=True)
-    results = run_all(cfgs, max_parallel or spec["max_parallel"])
+    results = run_all(cfgs, max_parallel or spec["max_parallel"], warm=warm)
     finals, curves = collect(spec, cfgs, results)
     task = cfgs[0].data.task
     metric = TEST_METRIC.get(task, "accuracy")
@@ -245,11 +248,14 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="override a value for every run, e.g. --set run.rounds=50 (repeatable)")
     p.add_argument("--out", help="output folder (default: compare.out_dir)")
     p.add_argument("--max-parallel", type=int, default=None, help="runs at once (default: compare.max_parallel)")
+    p.add_argument("--cold", action="store_true",
+                   help="every run with fresh actors in its own placement group (default: runs that share their "
+                        "data run batched on a warm pool of actors)")
 
 
 @command("compare", "run several algorithms on one scenario over several seeds; write a table and plots")(_compare_args)
 def cmd_compare(args: argparse.Namespace) -> int:
-    table, out = compare(args.config, args.overrides, args.out, args.max_parallel)
+    table, out = compare(args.config, args.overrides, args.out, args.max_parallel, warm=not args.cold)
     print((out / "table.md").read_text())
     print(f"written: {out}/table.csv, table.md, runs.csv, curves.csv and plots")
     return 0

@@ -76,18 +76,17 @@ _LAYOUT = ("num_actors", "clients_per_actor", "num_cpus", "num_gpus", "server_nu
 
 
 def data_fingerprint(cfg: Config) -> str:
-    """Hash of everything that decides a pool: the data (data, partition, run.seed), the actor
-    layout (``cluster``), and, with ``cluster.balance = "work"``, what the balance reads
-    (participation, algorithm name and batch size, run length). Two configs with the same
-    fingerprint can share a pool; their other settings (learning rates, rho, rounds ...) are
-    per-slot."""
+    """Hash of everything that decides a pool: the data (data, partition, and run.seed, which
+    seeds the data), the actor layout (``cluster``) and, with ``cluster.balance = "work"``, the
+    participation (it decides which clients go to which actor). Two configs with the same
+    fingerprint share a pool; everything else (algorithm and its hyperparameters, rounds ...)
+    is per run. The work balance of a pool is computed from the config that built it (its
+    algorithm's cost per client); the layout never changes results beyond float rounding."""
     d = cfg.to_toml_dict()
     key: dict[str, Any] = {"data": d["data"], "partition": d.get("partition", {}), "seed": cfg.run.seed,
                            "cluster": {k: d["cluster"].get(k) for k in _LAYOUT}, "n_actors": cfg.n_actors()}
     if cfg.cluster.balance == "work":
-        key["balance"] = {"participation": d.get("participation", {}), "algorithm": cfg.algorithm.name,
-                          "batch_size": getattr(cfg.algorithm, "batch_size", None), "rounds": cfg.run.rounds,
-                          "steps_per_round": cfg.run.steps_per_round}
+        key["participation"] = d.get("participation", {})
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -26,6 +26,9 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help="fix a config key for every trial, on top of [fixed] (repeatable)")
     p.add_argument("--check", action="store_true", help="validate the study file and print the space; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-trial lines")
+    p.add_argument("--cold", action="store_true",
+                   help="each trial with fresh actors in its own placement group (the old path; default: trials "
+                        "run on a warm pool of actors that keeps the data, --parallel of them batched together)")
 
 
 @command("tune", "run (or resume) an Optuna study whose trials are raysim runs")(_tune_args)
@@ -56,7 +59,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from raysim.tuning.study import run_study
 
     res = run_study(spec, n_trials=args.n_trials, timeout=args.timeout, parallel=args.parallel,
-                    storage=args.storage, out=args.out, overrides=overrides, progress=not args.no_progress)
+                    storage=args.storage, out=args.out, overrides=overrides, progress=not args.no_progress,
+                    cold=args.cold)
     _print_summary(res.report, res.study_dir)
     return 0
 
