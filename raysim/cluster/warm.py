@@ -368,25 +368,21 @@ class WarmPool:
 
     # -- one batched cycle (called by the batcher thread) ---------------------------------
     def cycle(self, rounds: list[tuple[_Slot, Future]], evals: list[tuple[_Slot, bool, Future]]) -> None:
-        """Issue the evaluations and the rounds of these slots together, then wait once."""
-        eval_refs = None
-        if evals:
-            entries = [(s.key, final) for s, final, _ in evals]
-            metrics_ref = self.server.evaluate.remote(entries)
-            thetas = self.server.deployed.options(num_returns=len(entries)).remote(entries)
-            thetas = [thetas] if len(entries) == 1 else list(thetas)
-            keys = [s.key for s, _, _ in evals]
-            scores = [a.evaluate.remote(keys, *thetas) for a in self.actors]
-            eval_refs = (metrics_ref, scores, time.perf_counter())
+        """Issue the rounds and the evaluations of these slots together, then wait once.
+
+        A round request of a slot whose run evaluates after that round (every
+        ``run.eval_every`` rounds and the last) also evaluates it in the same cycle: its
+        future gets ``(row, metrics)``; a plain evaluation request gets the metrics."""
+        t0 = time.perf_counter()
         round_ref = None
         if rounds:
-            t0 = time.perf_counter()
             ends = {s.key: min(s.step + s.spr, s.total_steps) for s, _ in rounds}
             n_ticks = max(ends[s.key] - s.step for s, _ in rounds)
             for k in range(n_ticks):
                 active = [s for s, _ in rounds if s.step + k < ends[s.key]]
                 if not active:
                     continue
+                self.batcher.max_batch = max(self.batcher.max_batch, len(active))
                 per_actor: dict[int, tuple[list, list]] = {}
                 where: list[list[tuple[int, int]]] = []
                 sels = []
@@ -414,33 +410,55 @@ class WarmPool:
                 pays = [pays] if len(entries) == 1 else list(pays)
                 for s, p in zip(active, pays):
                     s.payload = p
-            round_ref = (self.server.end_round.remote([s.key for s, _ in rounds]), ends, t0)
+            round_ref = self.server.end_round.remote([s.key for s, _ in rounds])
+        # evaluations: the explicit ones, then those that close a round of this cycle
+        todo = [(s, final) for s, final, _ in evals]
+        closing = {}
+        for s, _ in rounds:
+            end = ends[s.key]
+            rnd = math.ceil(end / s.spr)
+            if rnd % s.cfg.run.eval_every == 0 or end >= s.total_steps:
+                closing[s.key] = len(todo)
+                todo.append((s, end >= s.total_steps))
+        eval_refs = None
+        if todo:
+            entries = [(s.key, final) for s, final in todo]
+            metrics_ref = self.server.evaluate.remote(entries)
+            thetas = self.server.deployed.options(num_returns=len(entries)).remote(entries)
+            thetas = [thetas] if len(entries) == 1 else list(thetas)
+            keys = [s.key for s, _ in todo]
+            scores = [a.evaluate.remote(keys, *thetas) for a in self.actors]
+            eval_refs = (metrics_ref, scores)
         # wait once for everything issued in this cycle
+        results: list[Any] = []
         if eval_refs is not None:
-            metrics_ref, scores, t0 = eval_refs
-            try:
-                metrics, per_actor_scores = ray.get(metrics_ref), ray.get(scores)
-            except Exception as exc:  # noqa: BLE001 - the pool itself failed
-                for _, _, fut in evals:
-                    fut.set_exception(exc)
-            else:
-                from raysim.engine import fairness_from_scores
+            from raysim.engine import fairness_from_scores
 
-                dt = time.perf_counter() - t0
-                for i, (s, _, fut) in enumerate(evals):
+            try:
+                metrics, per_actor_scores = ray.get(eval_refs[0]), ray.get(eval_refs[1])
+            except Exception as exc:  # noqa: BLE001 - the pool itself failed
+                results = [exc] * len(todo)
+            else:
+                for i in range(len(todo)):
                     bad = next((x for x in [metrics[i]] + [sc[i] for sc in per_actor_scores]
                                 if isinstance(x, SlotError)), None)
                     if bad is not None:
-                        fut.set_exception(SlotFailed(bad.message))
+                        results.append(SlotFailed(bad.message))
                         continue
                     out = dict(metrics[i])
                     out.update(fairness_from_scores([sc[i] for sc in per_actor_scores]))
-                    out["evaluation_s"] = dt
-                    fut.set_result(out)
+                    results.append(out)
+        dt = time.perf_counter() - t0
+        for i, (_, _, fut) in enumerate(evals):
+            r = results[i]
+            if isinstance(r, Exception):
+                fut.set_exception(r)
+            else:
+                r["evaluation_s"] = dt
+                fut.set_result(r)
         if round_ref is not None:
-            ref, ends, t0 = round_ref
             try:
-                rows = ray.get(ref)
+                rows = ray.get(round_ref)
             except Exception as exc:  # noqa: BLE001
                 for _, fut in rounds:
                     fut.set_exception(exc)
@@ -453,7 +471,12 @@ class WarmPool:
                 s.step = ends[s.key]
                 row["round"] = math.ceil(s.step / s.spr)
                 row["round_s"] = dt
-                fut.set_result(row)
+                ev = None
+                if s.key in closing:
+                    ev = results[closing[s.key]]
+                    if isinstance(ev, dict):
+                        ev["evaluation_s"] = 0.0     # done within the round's cycle (round_s holds it)
+                fut.set_result((row, ev))
 
 
 class SlotFailed(RuntimeError):
@@ -476,6 +499,7 @@ class _Batcher:
         self.first: float | None = None
         self.stopped = False
         self.cycles = 0
+        self.max_batch = 0          # most runs one train call carried so far
         self.thread = threading.Thread(target=self._loop, name=f"raysim-warm-{pool.fingerprint}", daemon=True)
         self.thread.start()
 
@@ -557,6 +581,7 @@ class WarmSimulation:
         self.actors = pool.actors
         self.actor_info = [{**a, "warm_pool": pool.fingerprint, "pool_runs": pool.runs} for a in pool.actor_info]
         self._closed = False
+        self._evaluated: tuple[int, Any] | None = None
 
     @property
     def step(self) -> int:
@@ -567,9 +592,19 @@ class WarmSimulation:
         return math.ceil(self.total_steps / self.steps_per_round)
 
     def run_round(self) -> dict[str, Any]:
-        return self.pool.batcher.submit_round(self.slot).result()
+        row, ev = self.pool.batcher.submit_round(self.slot).result()
+        # the evaluation that closes this round came with it; evaluate() hands it over
+        self._evaluated = (self.slot.step, ev)
+        return row
 
     def evaluate(self, final: bool = False) -> dict[str, Any]:
+        done = self._evaluated
+        self._evaluated = None
+        if done is not None and done[0] == self.slot.step and done[1] is not None \
+                and final == (self.slot.step >= self.total_steps):
+            if isinstance(done[1], Exception):
+                raise done[1]
+            return done[1]
         return self.pool.batcher.submit_eval(self.slot, final).result()
 
     def deployed(self, final: bool = True) -> np.ndarray:
