@@ -288,7 +288,7 @@ class WarmPool:
     """One data set resident on Ray (a server and its client actors) and the runs on it."""
 
     def __init__(self, cfg: Config, fingerprint: str):
-        from raysim.cluster.balance import expected_work, imbalance
+        from raysim.cluster.balance import imbalance
         from raysim.cluster.driver import assign_clients
         from raysim.data.participation import build_participation
         from raysim.data.real import preflight
@@ -302,20 +302,13 @@ class WarmPool:
         n = cfg.data.n_clients
         self.work = None
         if cl.balance == "work":
-            # the work balance needs the client sizes (from the server) and the schedule
-            from raysim.algorithms import algorithm_class
-            from raysim.engine import make_schedule
+            from raysim.cluster.driver import balance_work, driver_client_sizes
 
-            sizes = ray.get(self.server.client_sizes.remote())
             part = build_participation(cfg.participation, n, cfg.run.seed)
-
-            class _Sizes:  # make_schedule reads only the client sizes
-                def client_sizes(self_inner):
-                    return sizes
-
-            sch = make_schedule(cfg, _Sizes())
-            self.work = expected_work(part, sizes, sch.total_steps, algorithm_class(cfg.algorithm.name).per_step,
-                                      getattr(cfg.algorithm, "batch_size", None))
+            sizes = driver_client_sizes(cfg)
+            if sizes is None:
+                sizes = ray.get(self.server.client_sizes.remote())
+            self.work = balance_work(cfg, part, sizes)
         self.blocks = assign_clients(n, cfg.n_actors(), self.work)
         self.imbalance = imbalance(self.work, self.blocks) if self.work is not None else None
         self.actors = [PoolClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus,
