@@ -1,0 +1,67 @@
+"""Per-task defaults: training budget and step sizes that a config leaves unset.
+
+A config that does not set ``run.rounds``, ``algorithm.eta_theta``, ``algorithm.eta_phi``,
+``algorithm.eta_lambda``, ``algorithm.prune_start``, ``algorithm.rho_init`` or
+``algorithm.eta_local`` gets the value of its task (``data.task``) from :data:`TASK_DEFAULTS`.
+The resolved value is written into the run's ``config.toml``, so a run directory always says
+what was used.
+
+Where the numbers come from: each was chosen with raysim's own tuning layer (studies under
+``tuning/defaults-*.toml``, run with ``raysim tune`` on a validation split, never on the test
+set; their reports and the reasoning are in ``results/defaults/README.md``). They are
+defaults for the shipped scenarios (``datasets/synthetic-*.toml``: p in the hundreds to
+thousands, about 50 samples per client, 10% participation); other regimes should be tuned
+(``raysim tune``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: task -> dotted key -> default value (see the module docstring for their provenance)
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lr": {"run.rounds": 100, "algorithm.eta_theta": 0.05, "algorithm.eta_phi": 0.1,
+           "algorithm.eta_lambda": 0.1, "algorithm.prune_start": 0.5, "algorithm.rho_init": 0.5,
+           "algorithm.eta_local": 0.05},
+    "lg": {"run.rounds": 100, "algorithm.eta_theta": 0.05, "algorithm.eta_phi": 0.1,
+           "algorithm.eta_lambda": 0.1, "algorithm.prune_start": 0.5, "algorithm.rho_init": 0.5,
+           "algorithm.eta_local": 0.05},
+    "mc": {"run.rounds": 100, "algorithm.eta_theta": 0.05, "algorithm.eta_phi": 0.1,
+           "algorithm.eta_lambda": 0.1, "algorithm.prune_start": 0.5, "algorithm.rho_init": 0.5,
+           "algorithm.eta_local": 0.05},
+    "mlc": {"run.rounds": 100, "algorithm.eta_theta": 0.05, "algorithm.eta_phi": 0.1,
+            "algorithm.eta_lambda": 0.1, "algorithm.prune_start": 0.5, "algorithm.rho_init": 0.5,
+            "algorithm.eta_local": 0.05},
+    "cnn": {"run.rounds": 100, "algorithm.eta_theta": 0.05, "algorithm.eta_phi": 0.1,
+            "algorithm.eta_lambda": 0.1, "algorithm.prune_start": 0.5, "algorithm.rho_init": 0.5,
+            "algorithm.eta_local": 0.05},
+}
+
+#: the keys that take a per-task default
+KEYS: tuple[str, ...] = tuple(TASK_DEFAULTS["lr"])
+
+
+def describe(key: str) -> str:
+    """'per task: lr 0.05, lg 0.1, ...' for a config field's documentation."""
+    return "default per task (data.task): " + ", ".join(
+        f"{t} {TASK_DEFAULTS[t][key]:g}" for t in TASK_DEFAULTS)
+
+
+def fill(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill the per-task defaults into a raw config dict (keys that are absent or None only)."""
+    if not isinstance(data, dict):
+        return data
+    data_sec = data.get("data") if isinstance(data.get("data"), dict) else {}
+    task = data_sec.get("task", "lr")
+    table = TASK_DEFAULTS.get(task)
+    if table is None:          # an invalid task: the field validator reports it
+        return data
+    out = dict(data)
+    for dotted, value in table.items():
+        section, key = dotted.split(".")
+        sec = out.get(section, {})
+        if not isinstance(sec, dict):
+            continue           # a malformed section: its validator reports it
+        if sec.get(key) is None:
+            out[section] = {**sec, key: value}
+    return out
