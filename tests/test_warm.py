@@ -85,6 +85,35 @@ def test_three_batched_warm_runs_equal_three_cold_runs(cold_runs, tmp_path):
     assert warm[3].summary["seed"] == 7 and warm[3].summary["final"]["val_r2"] != warm[0].summary["final"]["val_r2"]
 
 
+def test_data_fingerprint_keys_the_data_and_layout_only():
+    from raysim.cluster.warm import data_fingerprint
+
+    fp = data_fingerprint(_cfg(Path("a")))
+    assert data_fingerprint(_cfg(Path("b"), "algorithm.eta_theta=0.3", "run.rounds=9", "algorithm.rho=0.2")) == fp
+    assert data_fingerprint(_cfg(Path("b"), "algorithm.name='fedavg'")) == fp
+    for other in ("run.seed=1", "data.n_clients=13", "data.h_coef=0.5", "cluster.num_actors=3",
+                  "participation.rate=0.4"):                     # the work balance reads participation
+        assert data_fingerprint(_cfg(Path("b"), other)) != fp, other
+    contiguous = data_fingerprint(_cfg(Path("b"), "cluster.balance='contiguous'"))
+    assert data_fingerprint(_cfg(Path("b"), "cluster.balance='contiguous'", "participation.rate=0.4")) == contiguous
+
+
+def test_pools_are_bounded_least_recently_used_evicted(ray_session, tmp_path):
+    from raysim.cluster.warm import WarmFederation
+    from raysim.runner import run
+
+    fed = WarmFederation(max_pools=1)
+    try:
+        a1 = run(_cfg(tmp_path / "a1", "run.rounds=2"), simulation=fed.simulation)
+        run(_cfg(tmp_path / "b", "run.rounds=2", "run.seed=3"), simulation=fed.simulation)
+        assert fed.built == 2 and fed.evicted == 1 and len(fed.pools) == 1
+        a2 = run(_cfg(tmp_path / "a2", "run.rounds=2"), simulation=fed.simulation)   # rebuilt, same data
+        assert fed.built == 3 and fed.evicted == 2
+    finally:
+        fed.shutdown()
+    assert_same_metrics(a1.metrics, a2.metrics)
+
+
 def test_killed_pool_actor_is_rebuilt_with_the_same_metrics(cold_runs, tmp_path):
     """A pool client actor's process is SIGKILLed mid-run, while two runs share the pool: Ray
     restarts it, it rebuilds its clients and the runs' views from their ids and configs, and

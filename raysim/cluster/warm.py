@@ -325,6 +325,9 @@ class WarmPool:
         self.lock = threading.Condition()
         self.batcher = _Batcher(self)
         self.closed = False
+        #: an actor of the pool is gone for good (the server, or a client actor past its
+        #: restarts): the federation replaces the pool for the next run
+        self.broken = False
 
     # -- slots ----------------------------------------------------------------------------
     def open(self, cfg: Config) -> tuple[_Slot, dict[str, Any]]:
@@ -430,6 +433,7 @@ class WarmPool:
             try:
                 metrics, per_actor_scores = ray.get(eval_refs[0]), ray.get(eval_refs[1])
             except Exception as exc:  # noqa: BLE001 - the pool itself failed
+                self.broken = self.broken or isinstance(exc, ray.exceptions.RayActorError)
                 results = [exc] * len(todo)
             else:
                 for i in range(len(todo)):
@@ -452,7 +456,8 @@ class WarmPool:
         if round_ref is not None:
             try:
                 rows = ray.get(round_ref)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - the pool itself failed
+                self.broken = self.broken or isinstance(exc, ray.exceptions.RayActorError)
                 for _, fut in rounds:
                     fut.set_exception(exc)
                 return
@@ -493,6 +498,7 @@ class _Batcher:
         self.stopped = False
         self.cycles = 0
         self.max_batch = 0          # most runs one train call carried so far
+        self.busy_s = 0.0           # seconds spent in cycles (issuing and waiting on Ray calls)
         self.thread = threading.Thread(target=self._loop, name=f"raysim-warm-{pool.fingerprint}", daemon=True)
         self.thread.start()
 
@@ -545,10 +551,14 @@ class _Batcher:
                     return
                 rounds, evals = self.rounds, self.evals
                 self.rounds, self.evals, self.first = [], [], None
+            t0 = time.perf_counter()
             try:
                 self.pool.cycle(rounds, evals)
                 self.cycles += 1
+                self.busy_s += time.perf_counter() - t0
             except Exception as exc:  # noqa: BLE001 - handed to the waiting runs
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    self.pool.broken = True
                 for _, fut in rounds:
                     if not fut.done():
                         fut.set_exception(exc)
@@ -672,6 +682,8 @@ class WarmFederation:
         fp = data_fingerprint(cfg)
         with self.cv:
             while True:
+                if fp in self.pools and self.pools[fp].broken and self.pools[fp].busy() == 0:
+                    self._evict(fp)
                 if fp in self.pools:
                     self.pools.move_to_end(fp)
                     return self.pools[fp]
