@@ -1,7 +1,7 @@
 """Derive the per-task defaults (raysim.defaults) from the tuning studies tuning/defaults-*.toml.
 
-Rule, the same for every task and knob: take the 10 best COMPLETE trials of the study (by the
-validation objective), take each knob's median over them (in log space for log-scaled knobs),
+Rule, the same for every task and knob: take the best 20% of the COMPLETE trials of the study
+(by the validation objective; at least 3, at most 10), take each knob's median over them (in log space for log-scaled knobs),
 and round it (1 significant figure for step sizes; 0.05 for fractions and probabilities).
 A plateau of equally good trials is common (several settings reach the Bayes accuracy), so
 the median of the best trials is a setting from the middle of the plateau, not its edge.
@@ -28,19 +28,20 @@ KNOBS = {  # config key -> (log scale, rounding)
 
 def _round(v: float, how) -> float:
     if how == "sig1":
-        e = math.floor(math.log10(abs(v)))
-        return float(round(v / 10 ** e) * 10 ** e)
-    return float(round(v / how) * how)
+        return float(f"{v:.1g}")
+    return round(round(v / how) * how, 10)
 
 
 def derive(study_dir: Path, top: int = 10) -> dict:
+    """The rule of the module docstring for one study (``top`` caps the number of best trials)."""
     import optuna
 
     from raysim.tuning.study import load_from_dir
 
     study = load_from_dir(study_dir)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    best = sorted(done, key=lambda t: -t.value)[:top]
+    k = max(3, min(top, round(0.2 * len(done))))
+    best = sorted(done, key=lambda t: -t.value)[:k]
     out = {"study": study.study_name, "n_complete": len(done), "top": len(best),
            "best_value": best[0].value if best else None,
            "top_values": [t.value for t in best]}
@@ -67,6 +68,9 @@ def main() -> None:
         if (d / "study.journal").exists():
             res[d.name] = derive(d, args.top)
             r = res[d.name]
+            if not r["n_complete"]:
+                print(f"{d.name}: no complete trial yet")
+                continue
             knobs = ", ".join(f"{k} {v['default']:g} (top-{r['top']} range {v['min']:.3g}..{v['max']:.3g})"
                               for k, v in r.items() if isinstance(v, dict))
             print(f"{d.name}: best {r['best_value']:.4f}, {r['n_complete']} complete; {knobs}")

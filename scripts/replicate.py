@@ -142,7 +142,7 @@ def run_unit(out: str, scen_name: str, method: str, trials: int, seeds: list[int
         summ = run_dir / "summary.json"
         if not summ.exists():
             overrides = {**best_cfg}
-            overrides["run"] = {**best_cfg["run"], "seed": seed, "eval_every": 5, "run_dir": str(run_dir),
+            overrides["run"] = {**best_cfg["run"], "seed": seed, "eval_every": 1, "run_dir": str(run_dir),
                                 "progress": False, "plots": False}
             overrides["data"] = {**best_cfg["data"], "val_samples": 0}
             from raysim.config import validate
@@ -171,11 +171,13 @@ def load_curves(root: Path):
         df["seed"] = int(seed_dir.name.split("-")[1])
         s = json.loads((seed_dir / "summary.json").read_text()) if (seed_dir / "summary.json").exists() else {}
         df["status"] = s.get("status", "ok" if s else "unfinished")
+        df["cum_bytes"] = df["cum_bytes_up"] + df["cum_bytes_down"]
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _at_budget(df, col: str, budget: float, metric: str) -> float:
+    """The metric at the last evaluation whose cumulative ``col`` is within ``budget``."""
     ok = df[df[col] <= budget * (1 + 1e-9)]
     if ok.empty:
         return float("nan")
@@ -183,32 +185,22 @@ def _at_budget(df, col: str, budget: float, metric: str) -> float:
 
 
 def measure_table(curves, scen_name: str):
-    """One row per (method, seed): the measures at equal rounds, bytes and client compute."""
+    """One row per (method, seed): final values at the scenario's common round budget."""
     import pandas as pd
 
-    scen = SCENARIOS[scen_name]
-    metric = scen["metric"]
-    d = curves[curves["scenario"] == scen_name].copy()
-    if d.empty:
-        return pd.DataFrame()
-    d["cum_bytes"] = d["cum_bytes_up"] + d["cum_bytes_down"]
-    last = d.sort_values("round").groupby(["method", "seed"]).tail(1)
-    byte_budget = float(last["cum_bytes"].min())
-    step_budget = float(last["cum_client_steps"].min()) if "cum_client_steps" in last else float("nan")
+    metric = SCENARIOS[scen_name]["metric"]
+    d = curves[curves["scenario"] == scen_name]
     rows = []
     for (method, seed), g in d.sort_values("round").groupby(["method", "seed"]):
         f = g.iloc[-1]
         row = {"scenario": scen_name, "method": method, "seed": seed, "rounds": int(f["round"]),
                "status": f.get("status", "ok"),
                "metric": float(f[metric]) if metric in f and pd.notna(f[metric]) else float("nan"),
-               "metric@bytes": _at_budget(g, "cum_bytes", byte_budget, metric),
-               "metric@compute": _at_budget(g, "cum_client_steps", step_budget, metric)
-               if "cum_client_steps" in g else float("nan"),
-               "bytes": float(f["cum_bytes"]), "client_steps": float(f.get("cum_client_steps", float("nan"))),
+               "bytes": float(f["cum_bytes_up"] + f["cum_bytes_down"]),
+               "client_steps": float(f.get("cum_client_steps", float("nan"))),
                "fair_std": float(f.get("fair_std", float("nan"))), "density": float(f.get("density", float("nan")))}
         for k in ("tdr", "tpr", "f1"):
             row[k] = float(f[k]) if k in f and pd.notna(f[k]) else float("nan")
-        row["byte_budget"], row["step_budget"] = byte_budget, step_budget
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -227,31 +219,52 @@ def paired_test(a, b) -> float:
     return float(stats.ttest_rel(a[ok], b[ok]).pvalue)
 
 
-def claim_rows(claim: dict[str, Any], tables: dict[str, Any]) -> list[dict[str, Any]]:
+def _pair_values(curves, scen: str, ref: str, other: str, budget: str, measure: str):
+    """Per seed, the two methods' values of ``measure`` at equal rounds (final), or at equal bytes /
+    client compute: each pair is compared at the smaller of the two runs' totals."""
+    import numpy as np
+
+    metric = SCENARIOS[scen]["metric"] if measure == "metric" else measure
+    d = curves[curves["scenario"] == scen].sort_values("round")
+    col = {"bytes": "cum_bytes", "compute": "cum_client_steps"}.get(budget)
+    a, b, seeds = [], [], []
+    for seed in sorted(set(d[d.method == ref].seed) & set(d[d.method == other].seed)):
+        ga, gb = d[(d.method == ref) & (d.seed == seed)], d[(d.method == other) & (d.seed == seed)]
+        if col is None:
+            va, vb = float(ga.iloc[-1][metric]), float(gb.iloc[-1][metric])
+        else:
+            lim = min(float(ga.iloc[-1][col]), float(gb.iloc[-1][col]))
+            va, vb = _at_budget(ga, col, lim, metric), _at_budget(gb, col, lim, metric)
+        a.append(va), b.append(vb), seeds.append(seed)
+    return np.asarray(a, float), np.asarray(b, float), seeds
+
+
+def claim_rows(claim: dict[str, Any], curves) -> list[dict[str, Any]]:
     """For each scenario x competitor x measure x budget: ref mean+-std, other mean+-std, p, verdict."""
+    import warnings
+
     import numpy as np
 
     out = []
     for s in claim["scenarios"]:
-        t = tables.get(s)
-        if t is None or t.empty:
+        if curves[curves["scenario"] == s].empty:
             continue
         for measure in claim["measures"]:
             if measure == "f1" and not SCENARIOS[s]["support"]:
                 continue
-            cols = ([("metric", "rounds"), ("metric@bytes", "bytes"), ("metric@compute", "compute")]
-                    if measure == "metric" else [(measure, "rounds")])
-            for col, budget in cols:
-                ref = t[t["method"] == claim["ref"]].set_index("seed")[col]
+            budgets = ["rounds", "bytes", "compute"] if measure == "metric" else ["rounds"]
+            for budget in budgets:
                 for other in claim["others"]:
-                    o = t[t["method"] == other].set_index("seed")[col]
-                    seeds = sorted(set(ref.index) & set(o.index))
-                    a, b = ref.reindex(seeds).to_numpy(float), o.reindex(seeds).to_numpy(float)
+                    a, b, seeds = _pair_values(curves, s, claim["ref"], other, budget, measure)
+                    if not seeds:
+                        continue
                     p = paired_test(a, b)
-                    lower = measure in LOWER_IS_BETTER
-                    diff = np.nanmean(a) - np.nanmean(b) if len(seeds) else float("nan")
-                    better = (diff < 0) if lower else (diff > 0)
-                    if not np.isfinite(diff):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        diff = np.nanmean(a) - np.nanmean(b)
+                        stats_ = (np.nanmean(a), np.nanstd(a, ddof=1), np.nanmean(b), np.nanstd(b, ddof=1))
+                    better = (diff < 0) if measure in LOWER_IS_BETTER else (diff > 0)
+                    if not np.isfinite(diff) or not np.isfinite(p):
                         verdict = "n/a"
                     elif p < 0.05:
                         verdict = "holds" if better else "reversed"
@@ -260,11 +273,8 @@ def claim_rows(claim: dict[str, Any], tables: dict[str, Any]) -> list[dict[str, 
                     name = SCENARIOS[s]["metric"] if measure == "metric" else measure
                     out.append({"claim": claim["id"], "scenario": s, "measure": name, "budget": budget,
                                 "ref": claim["ref"], "other": other, "n": len(seeds),
-                                "ref_mean": np.nanmean(a) if len(seeds) else float("nan"),
-                                "ref_std": np.nanstd(a, ddof=1) if len(seeds) > 1 else float("nan"),
-                                "other_mean": np.nanmean(b) if len(seeds) else float("nan"),
-                                "other_std": np.nanstd(b, ddof=1) if len(seeds) > 1 else float("nan"),
-                                "p": p, "verdict": verdict})
+                                "ref_mean": stats_[0], "ref_std": stats_[1], "other_mean": stats_[2],
+                                "other_std": stats_[3], "p": p, "verdict": verdict})
     return out
 
 
@@ -323,20 +333,20 @@ def report(root: Path) -> None:
     per_run.to_csv(root / "tables" / "per_run.csv", index=False)
     agg = (per_run.groupby(["scenario", "method"])
            .agg(n=("seed", "count"), metric_mean=("metric", "mean"), metric_std=("metric", "std"),
-                at_bytes_mean=("metric@bytes", "mean"), at_compute_mean=("metric@compute", "mean"),
-                tdr=("tdr", "mean"), f1_mean=("f1", "mean"), f1_std=("f1", "std"),
-                fair_std=("fair_std", "mean"), bytes=("bytes", "mean"), diverged=("status", lambda s: int((s == "diverged").sum())))
+                tdr=("tdr", "mean"), f1_mean=("f1", "mean"), f1_std=("f1", "std"), fair_std=("fair_std", "mean"),
+                mbytes=("bytes", lambda b: b.mean() / 1e6), ksteps=("client_steps", lambda b: b.mean() / 1e3),
+                diverged=("status", lambda s: int((s == "diverged").sum())))
            .reset_index())
     agg.to_csv(root / "tables" / "by_method.csv", index=False)
-    claims = pd.DataFrame([r for c in CLAIMS for r in claim_rows(c, tables)])
+    claims = pd.DataFrame([r for c in CLAIMS for r in claim_rows(c, curves)])
     claims.to_csv(root / "tables" / "claims.csv", index=False)
     for s in SCENARIOS:
         plot_scenario(curves, s, root / "plots" / f"{s}.png")
-    md = ["| scenario | method | n | test metric (rounds) | @ equal bytes | @ equal compute | support F1 | client std |",
+    md = ["| scenario | method | n | test metric (final) | MB (up + down) | client steps (k) | support F1 | client std |",
           "|---|---|---|---|---|---|---|---|"]
     for _, r in agg.iterrows():
         md.append(f"| {r.scenario} | {r.method} | {r.n} | {r.metric_mean:.3f} +- {r.metric_std:.3f} | "
-                  f"{r.at_bytes_mean:.3f} | {r.at_compute_mean:.3f} | "
+                  f"{r.mbytes:.2f} | {r.ksteps:.1f} | "
                   f"{'' if pd.isna(r.f1_mean) else f'{r.f1_mean:.3f} +- {r.f1_std:.3f}'} | {r.fair_std:.3f} |"
                   + (f" diverged in {r.diverged}" if r.diverged else ""))
     (root / "tables" / "by_method.md").write_text("\n".join(md) + "\n")
