@@ -81,7 +81,7 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> tuple[
     return spec, cfgs
 
 
-def run_all(cfgs: list[Config], max_parallel: int | None, progress: bool = True) -> list[Any]:
+def run_all(cfgs: list[Config], max_parallel: int | None, progress: bool = True, warm: bool = True) -> list[Any]:
     """Every run, in parallel on Ray where the lead's parallel runner exists."""
     try:
         from raysim.cluster.parallel import run_many
@@ -106,7 +106,7 @@ def run_all(cfgs: list[Config], max_parallel: int | None, progress: bool = True)
             if started:
                 ray.shutdown()
         return out
-    return run_many(cfgs, max_parallel=max_parallel, progress=progress)
+    return run_many(cfgs, max_parallel=max_parallel, progress=progress, warm=warm)
 
 
 def collect(spec: dict[str, Any], cfgs: list[Config], results: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -227,8 +227,11 @@ def plan(path: str | Path, overrides: list[str] | None = None,
 
 
 def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str | None = None,
-            max_parallel: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, Path]:
-    """Run a comparison file and write its table and plots; returns (table, output folder)."""
+            max_parallel: int | None = None, progress: bool = True, warm: bool = True) -> tuple[pd.DataFrame, Path]:
+    """Run a comparison file and write its table and plots; returns (table, output folder).
+
+    ``warm``: runs that share their data (the algorithms of one seed) run batched on a warm
+    pool of actors (``raysim.cluster.warm``); ``False``: every run with fresh actors."""
     from raysim.report import TEST_METRIC
 
     spec, cfgs = plan(path, overrides, out_dir)
@@ -237,7 +240,7 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
     if progress:
         print(f"raysim compare: {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) "
               f"-> {out}", flush=True)
-    results = run_all(cfgs, max_parallel or spec["max_parallel"], progress)
+    results = run_all(cfgs, max_parallel or spec["max_parallel"], progress, warm=warm)
     finals, curves = collect(spec, cfgs, results)
     task = cfgs[0].data.task
     metric = TEST_METRIC.get(task, "accuracy")
@@ -262,6 +265,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="override a value for every run, e.g. --set run.rounds=50 (repeatable)")
     p.add_argument("--out", help="output folder (default: compare.out_dir)")
     p.add_argument("--max-parallel", type=int, default=None, help="runs at once (default: compare.max_parallel)")
+    p.add_argument("--cold", action="store_true",
+                   help="every run with fresh actors in its own placement group (default: runs that share their "
+                        "data run batched on a warm pool of actors)")
     p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
                    help="file format of the plots (default: run.plot_format of the comparison file)")
     p.add_argument("--dry-run", action="store_true",
@@ -283,7 +289,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"  {c.algorithm.name:<14} seed={c.run.seed:<3} {c.run.run_dir}")
         print("dry run: nothing started")
         return 0
-    table, out = compare(args.config, overrides, args.out, args.max_parallel, progress=not args.no_progress)
+    table, out = compare(args.config, overrides, args.out, args.max_parallel, progress=not args.no_progress,
+                         warm=not args.cold)
     print((out / "table.md").read_text())
     print(f"written: {out}/table.csv, table.md, runs.csv, curves.csv and plots")
     return 0

@@ -59,6 +59,12 @@ class Components:
 def build_components(cfg: Config) -> Components:
     fed = build_federation(cfg.data, cfg.run.seed, cfg.partition)
     model = build_model(fed.task, fed.input_shape, fed.n_outputs)
+    return components_on(cfg, fed, model)
+
+
+def components_on(cfg: Config, fed: Federation, model: Model) -> Components:
+    """A run's components on a federation and model already built (the warm pools of
+    ``raysim.cluster.warm`` keep those and build only the cheap per-run schedule and algorithm)."""
     schedule = make_schedule(cfg, fed)
     return Components(fed, model, schedule, build_algorithm(cfg.algorithm, model, schedule))
 
@@ -77,6 +83,19 @@ class ClientCohort:
         t0 = time.perf_counter()
         self.data = stack_clients(self.comp.fed, self.ids, self.device)
         self.build_s = time.perf_counter() - t0
+
+    @classmethod
+    def sharing(cls, cfg: Config, base: "ClientCohort") -> "ClientCohort":
+        """A cohort for ``cfg`` that shares ``base``'s clients and their resident data (same
+        data config, other algorithm / run settings): nothing is rebuilt or copied."""
+        self = cls.__new__(cls)
+        self.cfg = cfg
+        self.comp = components_on(cfg, base.comp.fed, base.comp.model)
+        self.device = base.device
+        self.ids = base.ids
+        self.data = base.data
+        self.build_s = 0.0
+        return self
 
     def local_index(self, client_ids: np.ndarray) -> torch.Tensor:
         pos = np.searchsorted(self.ids, client_ids)
@@ -139,18 +158,25 @@ def _to_host(p: Partial) -> Partial:
 class ServerCore:
     """The global state and everything the server does with it."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, comp: Components | None = None, share: "ServerCore | None" = None):
+        """``share``: a server core of the same data whose federation, model and evaluation
+        sets are reused (the warm pools' server keeps one per data set); else all is built."""
         self.cfg = cfg
-        self.comp = build_components(cfg)
+        if share is not None:
+            comp = components_on(cfg, share.comp.fed, share.comp.model)
+        self.comp = comp if comp is not None else build_components(cfg)
         c = self.comp
         self.state = c.algo.init_state(cfg.run.seed)
-        x, y = c.fed.test_set()
-        self.x_test = torch.as_tensor(x)
-        self.y_test = torch.as_tensor(y)
-        self.x_val = self.y_val = None
-        if cfg.data.val_samples > 0:  # validation split for tuning objectives, never the test set
-            xv, yv = c.fed.val_set(cfg.data.val_samples)
-            self.x_val, self.y_val = torch.as_tensor(xv), torch.as_tensor(yv)
+        if share is not None:
+            self.x_test, self.y_test, self.x_val, self.y_val = share.x_test, share.y_test, share.x_val, share.y_val
+        else:
+            x, y = c.fed.test_set()
+            self.x_test = torch.as_tensor(x)
+            self.y_test = torch.as_tensor(y)
+            self.x_val = self.y_val = None
+            if cfg.data.val_samples > 0:  # validation split for tuning objectives, never the test set
+                xv, yv = c.fed.val_set(cfg.data.val_samples)
+                self.x_val, self.y_val = torch.as_tensor(xv), torch.as_tensor(yv)
         self.true_support = None
         if c.fed.true_support is not None and c.model.gated_feature_index() is not None:
             self.feature_index = c.model.gated_feature_index()

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from raysim.config import Config, ConfigError, dump_toml, load_config
+
+_PLOT_LOCK = threading.Lock()
 
 ADDITIVE = ("n_selected", "n_reported", "client_steps", "bytes_up", "bytes_down", "client_compute_s", "aggregation_s", "round_s")
 
@@ -147,7 +150,8 @@ class _Progress:
 
 
 def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = None,
-        console_output: bool | None = None, placement_group: Any = None, resume: bool = False) -> RunResult:
+        console_output: bool | None = None, placement_group: Any = None, resume: bool = False,
+        simulation: Callable[[Config], Any] | None = None) -> RunResult:
     """Run one experiment on Ray and write its run directory.
 
     ``on_eval(round, row)`` is called after every evaluation (the tuning layer reports
@@ -158,6 +162,9 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     (``raysim.checkpoint``). With ``resume=True`` (``cfg.run.run_dir`` naming an existing run
     directory, see :func:`load_resume_config`) the run continues from its newest readable
     checkpoint and ends with the same metrics as an uninterrupted run.
+
+    ``simulation(cfg)``: where the run happens instead of fresh actors, e.g. a run on a warm
+    pool (``raysim.cluster.warm.WarmFederation.simulation``); ignored for the local backend.
     """
     from raysim import checkpoint as ckpt
 
@@ -178,7 +185,7 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     dump_toml(cfg, run_dir / "config.toml")
     t_start = time.perf_counter()
     started = False
-    if not local:
+    if not local and simulation is None:
         from raysim.cluster.driver import init_ray
 
         started = init_ray(cfg)
@@ -193,6 +200,8 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
             from raysim.local import LocalSimulation
 
             sim = LocalSimulation(cfg)
+        elif simulation is not None:
+            sim = simulation(cfg)
         else:
             from raysim.cluster.driver import RaySimulation
 
@@ -266,7 +275,8 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     if cfg.run.plots:
         from raysim.report import plot_run
 
-        plot_run(run_dir, cfg.data.task)
+        with _PLOT_LOCK:   # pyplot is not thread-safe (warm runs share the driver process)
+            plot_run(run_dir, cfg.data.task)
     if show:
         print_summary(summary, run_dir)
     return RunResult(run_dir, summary, _tidy(rows))

@@ -398,8 +398,11 @@ def write_outputs(grid: Grid, metric: str | None = None) -> tuple[pd.DataFrame, 
 # ---- running -------------------------------------------------------------------------------------
 
 def run_grid(grid: Grid, max_parallel: int | None = None, progress: bool = True,
-             metric: str | None = None) -> dict[str, Any]:
-    """Run the cells that are not finished yet (in parallel on Ray) and write the outputs."""
+             metric: str | None = None, warm: bool = True) -> dict[str, Any]:
+    """Run the cells that are not finished yet (in parallel on Ray) and write the outputs.
+
+    ``warm``: cells that share their data run batched on one warm pool of actors
+    (``raysim.cluster.warm``); ``False``: every cell with fresh actors (the cold path)."""
     from raysim.cluster.parallel import run_many
 
     t0 = time.perf_counter()
@@ -426,7 +429,7 @@ def run_grid(grid: Grid, max_parallel: int | None = None, progress: bool = True,
 
     if todo:
         run_many([c.cfg for c in todo], max_parallel=max_parallel or grid.max_parallel, on_result=on_result,
-                 progress=progress, description=f"stress {grid.name}")
+                 progress=progress, description=f"stress {grid.name}", warm=warm)
     df, plots = write_outputs(grid, metric)
     info = {"grid": str(grid.source), "name": grid.name, "axes": grid.axes, "algorithms": grid.algorithms,
             "seeds": grid.seeds, "cells": len(grid.cells), "ran": len(todo),
@@ -457,6 +460,9 @@ def _stress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
     p.add_argument("--report", action="store_true", help="only rewrite results.csv and the heatmaps from the cells")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--cold", action="store_true",
+                   help="every cell with fresh actors in its own placement group (default: cells that share "
+                        "their data run batched on a warm pool of actors)")
     p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
                    help="file format of the heatmaps (default: run.plot_format of the grid file)")
 
@@ -478,7 +484,7 @@ def cmd_stress(args: argparse.Namespace) -> int:
         for p in plots:
             print(p)
         return 0
-    info = run_grid(grid, args.max_parallel, not args.no_progress, args.metric)
+    info = run_grid(grid, args.max_parallel, not args.no_progress, args.metric, warm=not args.cold)
     print(f"{info['cells']} cells: {info['ran']} run, {info['skipped']} already done, {info['failed']} failed; "
           f"{info['wall_s']:.1f} s")
     print(grid.out_dir / "results.csv")

@@ -48,22 +48,29 @@ def _states(study):
     return [t.state for t in study.get_trials()]
 
 
-def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path):
+@pytest.mark.parametrize("path_kind", ["cold", "warm"])
+def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path, path_kind):
     """A `raysim tune` process is killed (SIGKILL) mid-study; `raysim tune` on the same journal
-    file marks its running trial failed and finishes the remaining trials, two at a time."""
-    path = _write_study(tmp_path, "resume", LR_SPACE, study={"sampler": "nsga2", "n_trials": 4},
+    file marks its running trial failed and finishes the remaining trials, two at a time, to
+    exactly the requested total, running no trial twice. Cold: fresh actors per trial; warm
+    (the default): trials batched on a warm pool, so many more finish per second and the study
+    is longer to be caught mid-way."""
+    cold = path_kind == "cold"
+    total = 4 if cold else 16
+    path = _write_study(tmp_path, "resume", LR_SPACE, study={"sampler": "nsga2", "n_trials": total},
                         objective={"metric": ["val_r2", "cum_bytes_up"], "direction": ["maximize", "minimize"]})
     out = tmp_path / "study"
     journal = out / "study.journal"
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     proc = subprocess.Popen([sys.executable, "-m", "raysim",
-                             "tune", str(path), "--parallel", "1", "--out", str(out), "--no-progress"], env=env,
+                             "tune", str(path), "--parallel", "1", "--out", str(out), "--no-progress"]
+                            + (["--cold"] if cold else []), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     finished = 0
     try:
         while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
+            time.sleep(0.5 if cold else 0.05)
             if not journal.exists():
                 continue
             try:   # the journal file appears just before the study is created in it
@@ -81,13 +88,18 @@ def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path):
     before = optuna.load_study(study_name="resume", storage=open_storage(str(journal)))
     n_before = len(before.get_trials(states=FINISHED))
     running = [t.number for t in before.get_trials(states=(TrialState.RUNNING,))]
-    assert n_before + len(running) <= 2
+    assert n_before + len(running) <= total - 2
+    done_before = {t.number: t.datetime_complete for t in before.get_trials(states=FINISHED)}
 
-    res = run_study(load_spec(path), out=out, parallel=2, progress=False)
+    res = run_study(load_spec(path), out=out, parallel=2, progress=False, cold=cold)
     trials = res.study.get_trials()
-    assert len([t for t in trials if t.state in FINISHED]) == 4          # exactly the requested total
+    assert len([t for t in trials if t.state in FINISHED]) == total      # exactly the requested total
     assert all(t.state in FINISHED for t in trials)                      # nothing left running
-    assert res.stale == running and res.n_new == 4 - n_before - len(running) >= 2
+    assert res.stale == running and res.n_new == total - n_before - len(running) >= 2
+    # no trial ran twice: the finished ones are untouched, every new one has its own run folder
+    assert {t.number: t.datetime_complete for t in trials if t.number in done_before} == done_before
+    new_dirs = [t.user_attrs["run_dir"] for t in trials if t.number >= n_before + len(running)]
+    assert len(set(new_dirs)) == len(new_dirs) == res.n_new
     for n in running:
         assert trials[n].state == TrialState.FAIL and trials[n].user_attrs["error"] == STALE_ERROR
     new = [t for t in trials if t.number >= n_before + len(running)]

@@ -36,6 +36,37 @@ def assign_clients(n_clients: int, n_actors: int, work: np.ndarray | None = None
     return greedy_balance(work, n_actors)
 
 
+def driver_client_sizes(cfg: Config) -> np.ndarray | None:
+    """Every client's training size n_k, computed in this process where that is cheap
+    (synthetic data: the sizes are drawn without building any client), else None (real data:
+    the server actor, which loads the data set anyway, is asked)."""
+    if cfg.data.kind != "synthetic":
+        return None
+    from raysim.data import build_federation
+
+    return np.asarray(build_federation(cfg.data, cfg.run.seed, cfg.partition).client_sizes())
+
+
+class _Sizes:
+    """Stands for a federation where only the client sizes are read (``make_schedule``)."""
+
+    def __init__(self, sizes: np.ndarray):
+        self.sizes = sizes
+
+    def client_sizes(self) -> np.ndarray:
+        return self.sizes
+
+
+def balance_work(cfg: Config, participation: Any, sizes: np.ndarray) -> np.ndarray:
+    """Each client's expected work per step over the run (the input of the work balance)."""
+    from raysim.algorithms import algorithm_class
+    from raysim.engine import make_schedule
+
+    total_steps = make_schedule(cfg, _Sizes(sizes)).total_steps
+    return expected_work(participation, sizes, total_steps, algorithm_class(cfg.algorithm.name).per_step,
+                         getattr(cfg.algorithm, "batch_size", None))
+
+
 def init_ray(cfg: Config) -> bool:
     """Join ``cluster.address`` / ``RAY_ADDRESS`` if given, else start a local Ray instance.
 
@@ -102,20 +133,23 @@ class RaySimulation:
 
         if placement_group is None:
             check_resources(cfg)
+        t0 = time.perf_counter()
+        #: seconds of the start-up phases (scripts/startup_profile.py prints them)
+        self.startup: dict[str, float] = {}
         # The server is not restarted in place: its state lives in the checkpoints.
         self.server = ServerActor.options(num_cpus=cl.server_num_cpus, **where(0)).remote(cfg)
-        self.info = ray.get(self.server.ready.remote())
+        server_ready = self.server.ready.remote()
         self.participation = build_participation(cfg.participation, cfg.data.n_clients, cfg.run.seed)
-        self.steps_per_round = self.info["steps_per_round"]
-        self.total_steps = self.info["total_steps"]
         self.work = None
+        self.info = None
         if cl.balance == "work":
-            from raysim.algorithms import algorithm_class
-
-            sizes = ray.get(self.server.client_sizes.remote())
-            self.work = expected_work(self.participation, sizes, self.total_steps,
-                                      algorithm_class(cfg.algorithm.name).per_step,
-                                      getattr(cfg.algorithm, "batch_size", None))
+            # the balance needs the client sizes: known here for synthetic data (cheap), so the
+            # client actors start while the server builds its state; else asked from the server
+            sizes = driver_client_sizes(cfg)
+            if sizes is None:
+                self.info = ray.get(server_ready)
+                sizes = ray.get(self.server.client_sizes.remote())
+            self.work = balance_work(cfg, self.participation, sizes)
         self.blocks = assign_clients(cfg.data.n_clients, cfg.n_actors(), self.work)
         self.imbalance = imbalance(self.work, self.blocks) if self.work is not None else None
         self.actors = [ClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus,
@@ -125,7 +159,15 @@ class RaySimulation:
         self.owner = np.empty(cfg.data.n_clients, dtype=np.int64)
         for a, b in enumerate(self.blocks):
             self.owner[b] = a
+        t1 = time.perf_counter()
+        self.startup["balance_s"] = t1 - t0
+        if self.info is None:
+            self.info = ray.get(server_ready)
+        self.startup["server_ready_s"] = time.perf_counter() - t0
         self.actor_info = ray.get([a.ready.remote() for a in self.actors])
+        self.startup["actors_ready_s"] = time.perf_counter() - t0
+        self.steps_per_round = self.info["steps_per_round"]
+        self.total_steps = self.info["total_steps"]
         self.step = 0
         self._payload = self.server.payload.remote()
 

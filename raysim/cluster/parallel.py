@@ -116,10 +116,19 @@ def run_remote(cfg: Config, pg: PlacementGroup, reporter: Any = None) -> ray.Obj
     return _run_task.remote(cfg, pg, reporter)
 
 
+#: runs advanced together on a warm pool when ``max_parallel`` is not given
+DEFAULT_BATCH = 8
+
+
 def run_many(cfgs: Sequence[Config], max_parallel: int | None = None,
              on_result: Callable[[int, Any], None] | None = None,
-             progress: bool = True, description: str = "runs") -> list[Any]:
+             progress: bool = True, description: str = "runs", warm: bool = True) -> list[Any]:
     """Run every config (each a whole raysim run), up to ``max_parallel`` at once.
+
+    ``warm`` (default): runs that share their data run on one warm pool of actors, batched
+    (``raysim.cluster.warm``; up to ``max_parallel``, default :data:`DEFAULT_BATCH`, at once);
+    runs are ordered so that those of one data set run together. ``warm=False``: the cold
+    path, every run with fresh actors in its own placement group.
 
     Returns, in input order, a :class:`raysim.runner.RunResult` or the :class:`RunFailed`
     of each run. ``on_result(index, result)`` is called as each one finishes.
@@ -127,6 +136,8 @@ def run_many(cfgs: Sequence[Config], max_parallel: int | None = None,
     cfgs = list(cfgs)
     if cfgs and all(c.cluster.backend == "local" for c in cfgs):
         return _run_many_local(cfgs, on_result, progress, description)
+    if warm:
+        return _run_many_warm(cfgs, max_parallel or DEFAULT_BATCH, on_result, progress, description)
     started = init_ray_for(cfgs, max_parallel)
     try:
         k = max_parallel or default_parallel(cfgs)
@@ -160,6 +171,56 @@ def run_many(cfgs: Sequence[Config], max_parallel: int | None = None,
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_many_warm(cfgs: list[Config], k: int, on_result: Callable[[int, Any], None] | None,
+                   progress: bool, description: str) -> list[Any]:
+    """The runs on warm pools, ``k`` at a time (driver threads; the Ray calls of the runs on
+    one pool are batched by the pool). Local-backend runs run in process, without a pool."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from raysim.cluster.warm import WarmFederation, data_fingerprint
+    from raysim.runner import run
+
+    ray_cfgs = [c for c in cfgs if c.cluster.backend != "local"]
+    started = init_ray_for(ray_cfgs or cfgs, 1)
+    fed = WarmFederation()
+    # the runs of one data set next to each other, so that they share the pool while it is warm
+    keys: dict[str, int] = {}
+    order = sorted(range(len(cfgs)), key=lambda i: keys.setdefault(
+        "local" if cfgs[i].cluster.backend == "local" else data_fingerprint(cfgs[i]), len(keys)))
+    results: list[Any] = [None] * len(cfgs)
+    bar = _bar(len(cfgs), progress, description)
+
+    def one(i: int) -> Any:
+        return run(cfgs[i], console_output=False, simulation=fed.simulation)
+
+    try:
+        with ThreadPoolExecutor(max_workers=k, thread_name_prefix="raysim-run") as ex:
+            pending = list(order)
+            inflight: dict[Any, int] = {}
+            while pending or inflight:
+                while pending and len(inflight) < k:
+                    i = pending.pop(0)
+                    inflight[ex.submit(one, i)] = i
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for f in done:
+                    i = inflight.pop(f)
+                    try:
+                        results[i] = f.result()
+                    except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+                        cause = getattr(exc, "cause", None) or exc
+                        results[i] = RunFailed(f"run {i} ({cfgs[i].run.name}) failed: {cause}",
+                                               "".join(traceback.format_exception(exc)))
+                    if on_result is not None:
+                        on_result(i, results[i])
+                    bar.advance()
+    finally:
+        bar.close()
+        fed.shutdown()
+        if started:
+            ray.shutdown()
+    return results
 
 
 def _run_many_local(cfgs: list[Config], on_result: Callable[[int, Any], None] | None,

@@ -29,6 +29,9 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
                    help="validate the study file, print the space and how many trials would run where; "
                         "start nothing (no Ray), exit 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-trial lines")
+    p.add_argument("--cold", action="store_true",
+                   help="each trial with fresh actors in its own placement group (the old path; default: trials "
+                        "run on a warm pool of actors that keeps the data, --parallel of them batched together)")
     p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
                    help="file format of the report's plots (sets run.plot_format for every trial)")
 
@@ -64,7 +67,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from raysim.tuning.study import run_study
 
     res = run_study(spec, n_trials=args.n_trials, timeout=args.timeout, parallel=args.parallel,
-                    storage=args.storage, out=args.out, overrides=overrides, progress=not args.no_progress)
+                    storage=args.storage, out=args.out, overrides=overrides, progress=not args.no_progress,
+                    cold=args.cold)
     _print_summary(res.report, res.study_dir)
     return 0
 

@@ -2,6 +2,13 @@
 
 Design (how a trial runs and how its intermediate values reach the study):
 
+* Warm (the default): a trial is a run on a warm pool (``raysim.cluster.warm``): the
+  scenario's client and server actors are started and its data built once per study, and
+  the ``parallel`` trials in flight (one per ``study.optimize`` thread) advance together,
+  one Ray call per client actor per step for all of them. A trial's intermediate values go
+  straight to its ``optuna.Trial``; a pruned trial leaves the batch and the next asked trial
+  takes its slot, starting at step 0 while the others go on. The rest of this list is the
+  cold path (``--cold``).
 * The driver owns the study and asks Optuna for trials from ``parallel`` threads
   (``study.optimize(n_jobs=parallel)``). Each thread turns its trial into a config
   (:mod:`raysim.tuning.space`), reserves the run's server + client actor resources in one
@@ -196,11 +203,13 @@ class StudyResult:
 class _TrialRunner:
     """The objective: one trial = one raysim run in its own placement group."""
 
-    def __init__(self, spec: StudySpec, study_dir: Path, overrides: dict[str, Any], reporters: "queue.Queue"):
+    def __init__(self, spec: StudySpec, study_dir: Path, overrides: dict[str, Any], reporters: "queue.Queue",
+                 federation: Any = None):
         self.spec = spec
         self.study_dir = study_dir
         self.overrides = overrides
         self.reporters = reporters
+        self.federation = federation   # warm path: a raysim.cluster.warm.WarmFederation
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         import ray
@@ -221,6 +230,9 @@ class _TrialRunner:
         trial.set_user_attr("run_dir", str(run_dir))
         if cfg.cluster.backend == "local":
             result = self._run_local(trial, cfg, t0)
+            return self._finish(trial, cfg, result, t0)
+        if self.federation is not None:   # warm: the run on its data's pool, batched with the others
+            result = self._run_local(trial, cfg, t0, simulation=self.federation.simulation)
             return self._finish(trial, cfg, result, t0)
         reporter = self.reporters.get()
         try:
@@ -243,9 +255,11 @@ class _TrialRunner:
             self.reporters.put(reporter)
         return self._finish(trial, cfg, result, t0)
 
-    def _run_local(self, trial: optuna.Trial, cfg: Any, t0: float) -> Any:
-        """A trial with ``cluster.backend = "local"``: the run in this process (no Ray); its
-        intermediate values go straight to the trial and a pruned trial stops the run."""
+    def _run_local(self, trial: optuna.Trial, cfg: Any, t0: float, simulation: Any = None) -> Any:
+        """A trial driven from this process: with ``cluster.backend = "local"`` the whole run
+        here (no Ray); with ``simulation`` (the warm path) on a warm pool of actors. Its
+        intermediate values go straight to the trial and a pruned trial stops the run (its
+        slot in the pool's batch is freed and the next asked trial takes it)."""
         from raysim.runner import run
 
         spec = self.spec
@@ -263,7 +277,7 @@ class _TrialRunner:
                 raise optuna.TrialPruned()
 
         try:
-            return run(cfg, on_eval=on_eval, console_output=False)
+            return run(cfg, on_eval=on_eval, console_output=False, simulation=simulation)
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # noqa: BLE001 - recorded on the trial, the study goes on
@@ -310,10 +324,14 @@ def study_dir_for(spec: StudySpec, out: str | Path | None = None) -> Path:
 def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | None = None,
               parallel: int | None = None, storage: str | None = None, out: str | Path | None = None,
               overrides: dict[str, Any] | None = None, progress: bool = True,
-              report: bool = True) -> StudyResult:
+              report: bool = True, cold: bool = False) -> StudyResult:
     """Run (or resume) a study until ``n_trials`` trials are finished (COMPLETE, PRUNED or FAIL).
 
     ``overrides`` are dotted config keys fixed on top of the study's ``[fixed]`` table.
+    By default trials run warm: on a pool of actors that keeps the scenario's data for the
+    whole study, ``parallel`` trials advancing together in batched Ray calls
+    (``raysim.cluster.warm``). ``cold=True``: each trial with fresh actors in its own
+    placement group.
     """
     import ray
 
@@ -353,7 +371,25 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | 
                            gc_after_trial=False)
         finally:
             bar.close()
-    elif remaining:
+    elif remaining and not cold:
+        from raysim.cluster.warm import WarmFederation
+
+        started = init_ray_for([base_cfg], 1)
+        fed = WarmFederation()
+        try:
+            check_resources(base_cfg)
+            bar = _Bar(remaining, console, spec)
+            try:
+                study.optimize(_TrialRunner(spec, study_dir, overrides, queue.Queue(), federation=fed),
+                               n_trials=remaining, timeout=timeout, n_jobs=k, catch=(Exception,),
+                               callbacks=[bar.callback], gc_after_trial=False)
+            finally:
+                bar.close()
+        finally:
+            fed.shutdown()
+            if started:
+                ray.shutdown()
+    elif remaining:   # cold: one placement group and fresh actors per trial
         started = init_ray_for([base_cfg], k)
         reporters: queue.Queue = queue.Queue()
         actors = []

@@ -1,0 +1,725 @@
+"""The warm federation: client actors that keep a scenario's clients across runs, and
+batched runs that advance together on them.
+
+A cold run (``raysim.cluster.driver.RaySimulation``) starts a server actor and client actors,
+builds the federation in each and throws everything away at the end; for the small runs of a
+tuning study, a stress grid or a comparison that start-up is most of the wall time. Here:
+
+* A :class:`WarmPool` is one data set resident on Ray: a :class:`PoolServer` (federation,
+  model, test / validation sets) and ``n_actors`` :class:`PoolClientActor` (their clients'
+  stacked data), built once. It is keyed by :func:`data_fingerprint`, the part of a config
+  that determines the data and where it lives (data, partition, seed, cluster layout, and
+  what the work balance reads when ``cluster.balance = "work"``). :class:`WarmFederation`
+  keeps a bounded number of pools and evicts the least recently used idle one.
+* A run on a pool (:class:`WarmSimulation`, the interface ``raysim.runner.run`` drives, like
+  ``RaySimulation``) owns a *slot*: its own server state (a fresh ``ServerCore`` sharing the
+  pool's data), its own schedule, algorithm and participation. Only that state is initialised
+  per run.
+* Batching: the pool's :class:`_Batcher` thread collects the round (and evaluation) requests
+  of every open slot and issues them together: per communication step, **one** Ray call per
+  client actor carries the payloads and selected clients of all the slots, and one server
+  call aggregates all of them. Slots may be at different steps (a trial that joins later
+  starts at step 0 while the others go on). Inside the actor the slots are trained one after
+  another in that same call (each with exactly the computation a cold run does), so every
+  random stream and every sum is that of a solo run.
+* Faults: pool client actors are restarted by Ray (``cluster.max_restarts``) and rebuild
+  their clients from the ids; a slot's algorithm is rebuilt from its config (kept in the
+  object store), and Ray retries the lost calls, so results are unchanged. An error in one
+  slot (a diverging trial, a bad value) fails that slot only, never its batch-mates.
+
+All Ray code of raysim lives in ``raysim.cluster``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import ray
+
+from raysim.cluster.actors import _device, _setup_process
+from raysim.config import Config, ConfigError
+
+#: most views (per-slot algorithm objects) a pool client actor caches
+_VIEW_CACHE = 64
+
+
+class SlotError:
+    """A slot's failure inside a batched call (the other slots of the batch go on)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"SlotError({self.message[:200]!r})"
+
+
+def _err(exc: BaseException) -> SlotError:
+    return SlotError(f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc))[-3000:])
+
+
+# -- the data fingerprint ------------------------------------------------------------------------
+
+#: cluster keys that decide where the data lives (not backend / address: those pick the cluster)
+_LAYOUT = ("num_actors", "clients_per_actor", "num_cpus", "num_gpus", "server_num_cpus", "torch_threads",
+           "balance", "max_restarts")
+
+
+def data_fingerprint(cfg: Config) -> str:
+    """Hash of everything that decides a pool: the data (data, partition, and run.seed, which
+    seeds the data), the actor layout (``cluster``) and, with ``cluster.balance = "work"``, the
+    participation (it decides which clients go to which actor). Two configs with the same
+    fingerprint share a pool; everything else (algorithm and its hyperparameters, rounds ...)
+    is per run. The work balance of a pool is computed from the config that built it (its
+    algorithm's cost per client); the layout never changes results beyond float rounding."""
+    d = cfg.to_toml_dict()
+    key: dict[str, Any] = {"data": d["data"], "partition": d.get("partition", {}), "seed": cfg.run.seed,
+                           "cluster": {k: d["cluster"].get(k) for k in _LAYOUT}, "n_actors": cfg.n_actors()}
+    if cfg.cluster.balance == "work":
+        key["participation"] = d.get("participation", {})
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pool_cpus(cfg: Config) -> float:
+    return cfg.cluster.server_num_cpus + cfg.n_actors() * cfg.cluster.num_cpus
+
+
+# -- the actors ----------------------------------------------------------------------------------
+
+@ray.remote
+class PoolClientActor:
+    """Hosts a cohort of virtual clients for every run on its data set.
+
+    The stacked data is built once (from the pool's base config and the client ids, as a
+    restarted actor rebuilds it); each run (slot) gets a light view with its own schedule and
+    algorithm, built on first use from the slot's config."""
+
+    def __init__(self, cfg: Config, client_ids: np.ndarray):
+        _setup_process(cfg.cluster.torch_threads)
+        from raysim.engine import ClientCohort
+
+        self.base = ClientCohort(cfg, client_ids, device=_device(cfg))
+        self.views: OrderedDict[str, Any] = OrderedDict()
+
+    def ready(self) -> dict[str, Any]:
+        return {**self.base.info(), "pid": os.getpid(), "device": str(self.base.device),
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def _view(self, key: str, cfg_box: list) -> Any:
+        v = self.views.get(key)
+        if v is None:
+            from raysim.engine import ClientCohort
+
+            cfg = ray.get(cfg_box[0])
+            v = ClientCohort.sharing(cfg, self.base)
+            self.views[key] = v
+            while len(self.views) > _VIEW_CACHE:
+                self.views.popitem(last=False)
+        else:
+            self.views.move_to_end(key)
+        return v
+
+    def train(self, entries: list[tuple], *payloads) -> list[Any]:
+        """One step of several slots: ``entries[i] = (key, [cfg ref], step, client ids, work)``
+        with its payload ``payloads[i]``; returns one result (a partial, a list of partials,
+        or a :class:`SlotError`) per entry."""
+        out: list[Any] = []
+        for (key, box, step, ids, work), payload in zip(entries, payloads):
+            if isinstance(payload, SlotError):
+                out.append(payload)
+                continue
+            try:
+                out.append(self._view(key, box).train(step, payload, ids, work))
+            except Exception as exc:  # noqa: BLE001 - this slot fails, the batch goes on
+                out.append(_err(exc))
+        return out
+
+    def evaluate(self, keys: list[str], *thetas) -> list[Any]:
+        """Per-client held-out scores of each slot's deployed model."""
+        out: list[Any] = []
+        for key, theta in zip(keys, thetas):
+            if isinstance(theta, SlotError):
+                out.append(theta)
+                continue
+            try:
+                out.append(self.base.evaluate(theta))
+            except Exception as exc:  # noqa: BLE001
+                out.append(_err(exc))
+        return out
+
+
+@ray.remote
+class PoolServer:
+    """The server side of a pool: the data set's federation, model and evaluation sets, built
+    once, and one ``ServerCore`` (global state) per open slot, reset for every new run."""
+
+    def __init__(self, cfg: Config):
+        _setup_process(cfg.cluster.torch_threads)
+        from raysim.engine import ServerCore
+
+        self.base = ServerCore(cfg)
+        self.cores: dict[str, Any] = {}
+        self.fed_stats = self.base.comp.fed.stats()
+
+    def ready(self) -> dict[str, Any]:
+        c = self.base.comp
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "n_clients": int(c.fed.n_clients), "federation": self.fed_stats}
+
+    def client_sizes(self) -> np.ndarray:
+        return np.asarray(self.base.comp.fed.client_sizes())
+
+    def open(self, key: str, cfg: Config) -> dict[str, Any]:
+        """A new run on this data: a fresh server state for ``cfg``; returns its facts."""
+        from raysim.engine import ServerCore
+
+        core = ServerCore(cfg, share=self.base)
+        self.cores[key] = core
+        sch = core.comp.schedule
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "p": core.comp.model.p,
+                "P": core.comp.model.P, "m": core.comp.algo.m, "total_steps": sch.total_steps,
+                "steps_per_round": sch.steps_per_round, "prune_start": sch.prune_start,
+                "federation": self.fed_stats}
+
+    def close(self, key: str) -> None:
+        self.cores.pop(key, None)
+
+    def payload(self, key: str) -> Any:
+        try:
+            return self.cores[key].payload()
+        except Exception as exc:  # noqa: BLE001
+            return _err(exc)
+
+    def apply(self, entries: list[tuple], *outputs) -> Any:
+        """Aggregate one step of several slots. ``entries[i] = (key, step, n_selected,
+        [(output index, position), ...])`` names where slot i's partials are among the client
+        actors' ``outputs`` (in actor order, as a cold run sends them). Returns the next
+        payload of every slot (a tuple when there are several)."""
+        res: list[Any] = []
+        for key, step, n_selected, where in entries:
+            parts = [outputs[o][j] for o, j in where]
+            bad = next((p for p in parts if isinstance(p, SlotError)), None)
+            core = self.cores.get(key)
+            if core is None:
+                res.append(SlotError(f"slot {key} is not open on this server"))
+            elif bad is not None:
+                core.failed = bad
+                res.append(bad)
+            elif getattr(core, "failed", None) is not None:
+                res.append(core.failed)
+            else:
+                try:
+                    res.append(core.apply(step, n_selected, parts))
+                except Exception as exc:  # noqa: BLE001
+                    core.failed = _err(exc)
+                    res.append(core.failed)
+        return res[0] if len(res) == 1 else tuple(res)
+
+    def end_round(self, keys: list[str]) -> list[Any]:
+        out = []
+        for k in keys:
+            core = self.cores.get(k)
+            if core is None:
+                out.append(SlotError(f"slot {k} is not open on this server"))
+            elif getattr(core, "failed", None) is not None:
+                out.append(core.failed)
+            else:
+                try:
+                    out.append(core.end_round())
+                except Exception as exc:  # noqa: BLE001
+                    out.append(_err(exc))
+        return out
+
+    def evaluate(self, entries: list[tuple[str, bool]]) -> list[Any]:
+        out = []
+        for k, final in entries:
+            try:
+                out.append(self.cores[k].evaluate(final))
+            except Exception as exc:  # noqa: BLE001
+                out.append(_err(exc))
+        return out
+
+    def deployed(self, entries: list[tuple[str, bool]]) -> Any:
+        out = []
+        for k, final in entries:
+            try:
+                out.append(self.cores[k].deployed(final))
+            except Exception as exc:  # noqa: BLE001
+                out.append(_err(exc))
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def state_dict(self, key: str) -> dict[str, Any]:
+        return self.cores[key].state_dict()
+
+    def load_state_dict(self, key: str, sd: dict[str, Any]) -> int:
+        core = self.cores[key]
+        core.load_state_dict(sd)
+        return core.step
+
+
+# -- the pool (driver side) ----------------------------------------------------------------------
+
+class _Slot:
+    """Driver-side state of one run on a pool."""
+
+    def __init__(self, key: str, cfg: Config, box: list, participation: Any, total_steps: int, spr: int):
+        self.key = key
+        self.cfg = cfg
+        self.box = box
+        self.participation = participation
+        self.total_steps = total_steps
+        self.spr = spr
+        self.step = 0
+        self.payload: Any = None
+        self.waiting = False
+
+
+class WarmPool:
+    """One data set resident on Ray (a server and its client actors) and the runs on it."""
+
+    def __init__(self, cfg: Config, fingerprint: str):
+        from raysim.cluster.balance import imbalance
+        from raysim.cluster.driver import assign_clients
+        from raysim.data.participation import build_participation
+        from raysim.data.real import preflight
+
+        preflight(cfg)
+        self.fingerprint = fingerprint
+        self.base_cfg = cfg
+        cl = cfg.cluster
+        t0 = time.perf_counter()
+        self.server = PoolServer.options(num_cpus=cl.server_num_cpus).remote(cfg)
+        n = cfg.data.n_clients
+        self.work = None
+        if cl.balance == "work":
+            from raysim.cluster.driver import balance_work, driver_client_sizes
+
+            part = build_participation(cfg.participation, n, cfg.run.seed)
+            sizes = driver_client_sizes(cfg)
+            if sizes is None:
+                sizes = ray.get(self.server.client_sizes.remote())
+            self.work = balance_work(cfg, part, sizes)
+        self.blocks = assign_clients(n, cfg.n_actors(), self.work)
+        self.imbalance = imbalance(self.work, self.blocks) if self.work is not None else None
+        self.actors = [PoolClientActor.options(num_cpus=cl.num_cpus, num_gpus=cl.num_gpus,
+                                               max_restarts=cl.max_restarts, max_task_retries=-1).remote(cfg, b)
+                       for b in self.blocks]
+        self.owner = np.empty(n, dtype=np.int64)
+        for a, b in enumerate(self.blocks):
+            self.owner[b] = a
+        self.server_info, *self.actor_info = ray.get([self.server.ready.remote()]
+                                                      + [a.ready.remote() for a in self.actors])
+        self.build_s = time.perf_counter() - t0
+        self.slots: dict[str, _Slot] = {}
+        self.runs = 0
+        self.lock = threading.Condition()
+        self.batcher = _Batcher(self)
+        self.closed = False
+        #: an actor of the pool is gone for good (the server, or a client actor past its
+        #: restarts): the federation replaces the pool for the next run
+        self.broken = False
+
+    # -- slots ----------------------------------------------------------------------------
+    def open(self, cfg: Config) -> tuple[_Slot, dict[str, Any]]:
+        from raysim.data.participation import build_participation
+
+        key = uuid.uuid4().hex[:12]
+        box = [ray.put(cfg)]          # in a list: Ray passes a nested ref through unresolved
+        info = ray.get(self.server.open.remote(key, cfg))
+        part = build_participation(cfg.participation, cfg.data.n_clients, cfg.run.seed)
+        slot = _Slot(key, cfg, box, part, info["total_steps"], info["steps_per_round"])
+        slot.payload = self.server.payload.remote(key)
+        with self.lock:
+            self.slots[key] = slot
+            self.runs += 1
+        return slot, info
+
+    def close_slot(self, slot: _Slot) -> None:
+        with self.lock:
+            self.slots.pop(slot.key, None)
+            self.lock.notify_all()
+        if not self.closed:
+            self.server.close.remote(slot.key)   # the actors' views of it age out of their caches
+
+    def busy(self) -> int:
+        with self.lock:
+            return len(self.slots)
+
+    def shutdown(self) -> None:
+        self.closed = True
+        self.batcher.stop()
+        for a in self.actors:
+            ray.kill(a)
+        ray.kill(self.server)
+
+    # -- one batched cycle (called by the batcher thread) ---------------------------------
+    def cycle(self, rounds: list[tuple[_Slot, Future]], evals: list[tuple[_Slot, bool, Future]]) -> None:
+        """Issue the rounds and the evaluations of these slots together, then wait once.
+
+        A round request of a slot whose run evaluates after that round (every
+        ``run.eval_every`` rounds and the last) also evaluates it in the same cycle: its
+        future gets ``(row, metrics)``; a plain evaluation request gets the metrics."""
+        t0 = time.perf_counter()
+        round_ref = None
+        if rounds:
+            ends = {s.key: min(s.step + s.spr, s.total_steps) for s, _ in rounds}
+            n_ticks = max(ends[s.key] - s.step for s, _ in rounds)
+            for k in range(n_ticks):
+                active = [s for s, _ in rounds if s.step + k < ends[s.key]]
+                if not active:
+                    continue
+                self.batcher.max_batch = max(self.batcher.max_batch, len(active))
+                per_actor: dict[int, tuple[list, list]] = {}
+                where: list[list[tuple[int, int]]] = []
+                sels = []
+                for s in active:
+                    step = s.step + k
+                    sel = s.participation.select(step)
+                    sels.append(sel)
+                    rep = sel.reporting
+                    work = sel.work[sel.reported]
+                    own = self.owner[rep]
+                    w = []
+                    for a in np.unique(own):
+                        m = own == a
+                        ents, pays = per_actor.setdefault(int(a), ([], []))
+                        w.append((int(a), len(ents)))
+                        ents.append((s.key, s.box, step, rep[m], work[m]))
+                        pays.append(s.payload)
+                    where.append(w)
+                order = sorted(per_actor)
+                index = {a: i for i, a in enumerate(order)}
+                outs = [self.actors[a].train.remote(per_actor[a][0], *per_actor[a][1]) for a in order]
+                entries = [(s.key, s.step + k, int(sel.n_selected), [(index[a], j) for a, j in w])
+                           for s, sel, w in zip(active, sels, where)]
+                pays = self.server.apply.options(num_returns=len(entries)).remote(entries, *outs)
+                pays = [pays] if len(entries) == 1 else list(pays)
+                for s, p in zip(active, pays):
+                    s.payload = p
+            round_ref = self.server.end_round.remote([s.key for s, _ in rounds])
+        # evaluations: the explicit ones, then those that close a round of this cycle
+        todo = [(s, final) for s, final, _ in evals]
+        closing = {}
+        for s, _ in rounds:
+            end = ends[s.key]
+            rnd = math.ceil(end / s.spr)
+            if rnd % s.cfg.run.eval_every == 0 or end >= s.total_steps:
+                closing[s.key] = len(todo)
+                todo.append((s, end >= s.total_steps))
+        eval_refs = None
+        if todo:
+            entries = [(s.key, final) for s, final in todo]
+            metrics_ref = self.server.evaluate.remote(entries)
+            thetas = self.server.deployed.options(num_returns=len(entries)).remote(entries)
+            thetas = [thetas] if len(entries) == 1 else list(thetas)
+            keys = [s.key for s, _ in todo]
+            scores = [a.evaluate.remote(keys, *thetas) for a in self.actors]
+            eval_refs = (metrics_ref, scores)
+        # wait once for everything issued in this cycle
+        results: list[Any] = []
+        if eval_refs is not None:
+            from raysim.engine import fairness_from_scores
+
+            try:
+                metrics, per_actor_scores = ray.get(eval_refs[0]), ray.get(eval_refs[1])
+            except Exception as exc:  # noqa: BLE001 - the pool itself failed
+                self.broken = self.broken or isinstance(exc, ray.exceptions.RayActorError)
+                results = [exc] * len(todo)
+            else:
+                for i in range(len(todo)):
+                    bad = next((x for x in [metrics[i]] + [sc[i] for sc in per_actor_scores]
+                                if isinstance(x, SlotError)), None)
+                    if bad is not None:
+                        results.append(SlotFailed(bad.message))
+                        continue
+                    out = dict(metrics[i])
+                    out.update(fairness_from_scores([sc[i] for sc in per_actor_scores]))
+                    results.append(out)
+        dt = time.perf_counter() - t0
+        for i, (_, _, fut) in enumerate(evals):
+            r = results[i]
+            if isinstance(r, Exception):
+                fut.set_exception(r)
+            else:
+                r["evaluation_s"] = dt
+                fut.set_result(r)
+        if round_ref is not None:
+            try:
+                rows = ray.get(round_ref)
+            except Exception as exc:  # noqa: BLE001 - the pool itself failed
+                self.broken = self.broken or isinstance(exc, ray.exceptions.RayActorError)
+                for _, fut in rounds:
+                    fut.set_exception(exc)
+                return
+            dt = time.perf_counter() - t0
+            for (s, fut), row in zip(rounds, rows):
+                if isinstance(row, SlotError):
+                    fut.set_exception(SlotFailed(row.message))
+                    continue
+                s.step = ends[s.key]
+                row["round"] = math.ceil(s.step / s.spr)
+                row["round_s"] = dt
+                ev = None
+                if s.key in closing:
+                    ev = results[closing[s.key]]
+                    if isinstance(ev, dict):
+                        ev["evaluation_s"] = 0.0     # done within the round's cycle (round_s holds it)
+                fut.set_result((row, ev))
+
+
+class SlotFailed(RuntimeError):
+    """A run on a warm pool failed (its batch-mates go on); the message holds the remote error."""
+
+
+class _Batcher:
+    """The pool's dispatch thread: gathers the requests of the open slots and runs them as
+    one cycle. It waits until every open slot has a request in (or ``linger_s`` passed since
+    the first one), so the slots' steps share Ray calls; a slot busy elsewhere (writing its
+    files, reporting to Optuna) joins the next cycle."""
+
+    linger_s = 0.05
+
+    def __init__(self, pool: WarmPool):
+        self.pool = pool
+        self.cv = threading.Condition()
+        self.rounds: list[tuple[_Slot, Future]] = []
+        self.evals: list[tuple[_Slot, bool, Future]] = []
+        self.first: float | None = None
+        self.stopped = False
+        self.cycles = 0
+        self.max_batch = 0          # most runs one train call carried so far
+        self.busy_s = 0.0           # seconds spent in cycles (issuing and waiting on Ray calls)
+        self.thread = threading.Thread(target=self._loop, name=f"raysim-warm-{pool.fingerprint}", daemon=True)
+        self.thread.start()
+
+    def submit_round(self, slot: _Slot) -> Future:
+        fut: Future = Future()
+        with self.cv:
+            self.rounds.append((slot, fut))
+            self.first = self.first or time.perf_counter()
+            self.cv.notify_all()
+        return fut
+
+    def submit_eval(self, slot: _Slot, final: bool) -> Future:
+        fut: Future = Future()
+        with self.cv:
+            self.evals.append((slot, final, fut))
+            self.first = self.first or time.perf_counter()
+            self.cv.notify_all()
+        return fut
+
+    def poke(self) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopped = True
+            self.cv.notify_all()
+
+    def _ready(self) -> bool:
+        if not (self.rounds or self.evals):
+            return False
+        waiting = {s.key for s, _ in self.rounds} | {s.key for s, _, _ in self.evals}
+        open_keys = set(self.pool.slots)
+        return open_keys <= waiting or time.perf_counter() - (self.first or 0) >= self.linger_s
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self.stopped and not self._ready():
+                    timeout = None
+                    if self.first is not None:
+                        timeout = max(1e-3, self.linger_s - (time.perf_counter() - self.first))
+                    self.cv.wait(timeout)
+                if self.stopped:
+                    err = RuntimeError("the warm pool was shut down")
+                    for _, fut in self.rounds:
+                        fut.set_exception(err)
+                    for _, _, fut in self.evals:
+                        fut.set_exception(err)
+                    return
+                rounds, evals = self.rounds, self.evals
+                self.rounds, self.evals, self.first = [], [], None
+            t0 = time.perf_counter()
+            try:
+                self.pool.cycle(rounds, evals)
+                self.cycles += 1
+                self.busy_s += time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting runs
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    self.pool.broken = True
+                for _, fut in rounds:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                for _, _, fut in evals:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+
+class WarmSimulation:
+    """One run on a warm pool, with the interface ``raysim.runner.run`` drives
+    (the same as ``raysim.cluster.driver.RaySimulation``)."""
+
+    def __init__(self, pool: WarmPool, cfg: Config, release: Any = None):
+        self.pool = pool
+        self.cfg = cfg
+        self._release = release
+        self.slot, self.info = pool.open(cfg)
+        self.steps_per_round = self.info["steps_per_round"]
+        self.total_steps = self.info["total_steps"]
+        self.participation = self.slot.participation
+        self.blocks = pool.blocks
+        self.imbalance = pool.imbalance
+        self.actors = pool.actors
+        self.actor_info = [{**a, "warm_pool": pool.fingerprint, "pool_runs": pool.runs} for a in pool.actor_info]
+        self._closed = False
+        self._evaluated: tuple[int, Any] | None = None
+
+    @property
+    def step(self) -> int:
+        return self.slot.step
+
+    @property
+    def total_rounds(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_round)
+
+    def run_round(self) -> dict[str, Any]:
+        row, ev = self.pool.batcher.submit_round(self.slot).result()
+        # the evaluation that closes this round came with it; evaluate() hands it over
+        self._evaluated = (self.slot.step, ev)
+        return row
+
+    def evaluate(self, final: bool = False) -> dict[str, Any]:
+        done = self._evaluated
+        self._evaluated = None
+        if done is not None and done[0] == self.slot.step and done[1] is not None \
+                and final == (self.slot.step >= self.total_steps):
+            if isinstance(done[1], Exception):
+                raise done[1]
+            return done[1]
+        return self.pool.batcher.submit_eval(self.slot, final).result()
+
+    def deployed(self, final: bool = True) -> np.ndarray:
+        th = ray.get(self.pool.server.deployed.remote([(self.slot.key, final)]))
+        if isinstance(th, SlotError):
+            raise SlotFailed(th.message)
+        return th
+
+    def client_scores(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        theta = self.pool.server.deployed.remote([(self.slot.key, True)])
+        out = ray.get([a.evaluate.remote([self.slot.key], theta) for a in self.pool.actors])
+        bad = next((o[0] for o in out if isinstance(o[0], SlotError)), None)
+        if bad is not None:
+            raise SlotFailed(bad.message)
+        return [o[0] for o in out]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"server": ray.get(self.pool.server.state_dict.remote(self.slot.key)), "step": self.slot.step}
+
+    def restore(self, sd: dict[str, Any]) -> None:
+        step = ray.get(self.pool.server.load_state_dict.remote(self.slot.key, sd["server"]))
+        if step != sd["step"]:
+            raise RuntimeError(f"checkpoint inconsistent: server at step {step}, driver at {sd['step']}")
+        self.slot.step = int(sd["step"])
+        self.slot.payload = self.pool.server.payload.remote(self.slot.key)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.pool.close_slot(self.slot)
+        self.pool.batcher.poke()
+        if self._release is not None:
+            self._release(self.pool)
+
+
+class WarmFederation:
+    """The warm pools of this driver, keyed by :func:`data_fingerprint` (at most ``max_pools``;
+    the least recently used idle pool is evicted when a new data set needs room).
+
+    ``simulation(cfg)`` is the factory ``raysim.runner.run(..., simulation=...)`` takes: a run
+    on the pool of its data, built on first use. Thread-safe: runs on several threads share it.
+    """
+
+    def __init__(self, max_pools: int = 2):
+        if max_pools < 1:
+            raise ValueError("max_pools must be at least 1")
+        self.max_pools = max_pools
+        self.pools: OrderedDict[str, WarmPool] = OrderedDict()
+        self.building: dict[str, threading.Event] = {}
+        self.cv = threading.Condition()
+        self.built = 0
+        self.evicted = 0
+
+    def simulation(self, cfg: Config) -> WarmSimulation:
+        pool = self.acquire(cfg)
+        try:
+            return WarmSimulation(pool, cfg, release=self._released)
+        except BaseException:
+            self._released(pool)
+            raise
+
+    def _released(self, pool: WarmPool) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+    def acquire(self, cfg: Config) -> WarmPool:
+        """The pool of ``cfg``'s data (built here when missing, after evicting idle pools so
+        that it fits in the cluster's free CPUs)."""
+        if cfg.cluster.backend == "local":
+            raise ConfigError("cluster.backend = 'local' runs in process; it has no warm pool")
+        fp = data_fingerprint(cfg)
+        with self.cv:
+            while True:
+                if fp in self.pools and self.pools[fp].broken and self.pools[fp].busy() == 0:
+                    self._evict(fp)
+                if fp in self.pools:
+                    self.pools.move_to_end(fp)
+                    return self.pools[fp]
+                if fp in self.building:
+                    self.cv.wait(0.5)
+                    continue
+                idle = [k for k, p in self.pools.items() if p.busy() == 0]
+                need = pool_cpus(cfg)
+                fits = lambda: (len(self.pools) < self.max_pools  # noqa: E731
+                                and float(ray.available_resources().get("CPU", 0.0)) + 1e-9 >= need)
+                while idle and not fits():
+                    self._evict(idle.pop(0))
+                if fits() or not self.pools:
+                    break
+                self.cv.wait(0.5)   # every pool is busy: wait for one to go idle
+            self.building[fp] = threading.Event()
+        try:
+            from raysim.cluster.driver import check_resources
+
+            check_resources(cfg)
+            pool = WarmPool(cfg, fp)
+        finally:
+            with self.cv:
+                self.building.pop(fp, None)
+                self.cv.notify_all()
+        with self.cv:
+            self.pools[fp] = pool
+            self.built += 1
+            return pool
+
+    def _evict(self, fp: str) -> None:
+        pool = self.pools.pop(fp)
+        pool.shutdown()
+        self.evicted += 1
+
+    def shutdown(self) -> None:
+        with self.cv:
+            for fp in list(self.pools):
+                self._evict(fp)

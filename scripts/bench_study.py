@@ -1,0 +1,130 @@
+"""Trials per hour of a tuning study, and cells per hour of a small stress grid, run warm and
+batched (the default) and cold (``--cold``: fresh actors in a placement group per trial/cell).
+
+    python scripts/bench_study.py                                   # lr-ratios: 48 warm, 8 cold trials
+    python scripts/bench_study.py --warm-trials 48 --cold-trials 8 --parallel 8 --cold-parallel 2
+    python scripts/bench_study.py --skip-stress                     # the study only
+
+Each mode runs in a fresh study folder under ``--out`` (default: a temporary folder), in this
+process, with its own Ray start (as ``raysim tune`` does); the wall time counts everything from
+the call to the end of the last trial (Ray start, actors, data, trials), not the report. The
+machine's load (``os.getloadavg``) is printed with the numbers: they mean little on a busy machine
+unless both modes ran under similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tomli_w
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: a small stress grid whose cells share their data: 2 algorithms x 2 rho x 2 eta_theta, one seed
+STRESS = {
+    "run": {"rounds": 10, "progress": False, "plots": False},
+    "data": {"p": 100, "rho_true": 0.1, "n_clients": 500, "n_per_client": 20, "test_samples": 1000, "h_coef": 0.3},
+    "participation": {"rate": 0.05},
+    "algorithm": {"name": "flops", "rho": 0.1, "batch_size": 10},
+    "cluster": {"clients_per_actor": 250, "num_cpus": 0.5, "server_num_cpus": 0.5},
+    "stress": {"name": "bench", "algorithms": ["flops", "fedavg"], "seeds": [0], "metric": "r2",
+               "axes": {"algorithm.rho": [0.05, 0.1], "algorithm.eta_theta": [0.05, 0.2]}},
+}
+
+
+def load() -> str:
+    la = os.getloadavg()
+    return f"load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} on {os.cpu_count()} cores"
+
+
+def bench_study(study: str, n: int, parallel: int, cold: bool, out: Path) -> dict:
+    from raysim.tuning.spec import load_spec
+    from raysim.tuning.study import run_study
+
+    spec = load_spec(study)
+    before = load()
+    t0 = time.perf_counter()
+    res = run_study(spec, n_trials=n, parallel=parallel, out=out, progress=False, report=False, cold=cold)
+    wall = time.perf_counter() - t0
+    states: dict[str, int] = {}
+    for t in res.study.get_trials():
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    return {"mode": "cold" if cold else "warm", "trials": res.n_new, "parallel": parallel, "wall_s": round(wall, 1),
+            "per_hour": round(res.n_new / wall * 3600, 1), "states": states, "load_before": before,
+            "load_after": load()}
+
+
+def bench_stress(cold: bool, parallel: int, out: Path) -> dict:
+    from raysim.stress import load_grid, run_grid
+
+    path = out / "bench-stress.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(STRESS))
+    grid = load_grid(path, out=str(out / "grid"))
+    before = load()
+    t0 = time.perf_counter()
+    info = run_grid(grid, max_parallel=parallel, progress=False, warm=not cold)
+    wall = time.perf_counter() - t0
+    return {"mode": "cold" if cold else "warm", "cells": info["ran"], "failed": info["failed"],
+            "parallel": parallel, "wall_s": round(wall, 1), "per_hour": round(info["ran"] / wall * 3600, 1),
+            "load_before": before, "load_after": load()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", default=str(ROOT / "tuning" / "lr-ratios.toml"))
+    ap.add_argument("--warm-trials", type=int, default=48)
+    ap.add_argument("--cold-trials", type=int, default=8)
+    ap.add_argument("--parallel", type=int, default=8, help="warm: trials batched together")
+    ap.add_argument("--cold-parallel", type=int, default=2, help="cold: trials at once (placement groups)")
+    ap.add_argument("--skip-study", action="store_true")
+    ap.add_argument("--skip-stress", action="store_true")
+    ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--out", help="folder for the studies and grids (default: a temporary folder)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="raysim-bench-study-"))
+    results: dict = {"machine": load(), "out": str(out)}
+    print(f"bench_study: {results['machine']}; output in {out}", flush=True)
+    if not args.skip_study:
+        rows = [bench_study(args.study, args.warm_trials, args.parallel, False, out / "study-warm")]
+        print(json.dumps(rows[-1]), flush=True)
+        if not args.skip_cold:
+            rows.append(bench_study(args.study, args.cold_trials, args.cold_parallel, True, out / "study-cold"))
+            print(json.dumps(rows[-1]), flush=True)
+        results["study"] = rows
+        print(f"\nstudy {Path(args.study).name}")
+        for r in rows:
+            print(f"  {r['mode']:<5} {r['trials']:>4} trials  {r['parallel']} at a time  {r['wall_s']:>8.1f} s  "
+                  f"{r['per_hour']:>9.1f} trials/hour   ({r['load_before']})")
+        if len(rows) == 2:
+            results["study_speedup"] = rows[0]["per_hour"] / rows[1]["per_hour"]
+            print(f"  warm / cold: {results['study_speedup']:.1f}x trials/hour")
+    if not args.skip_stress:
+        rows = [bench_stress(False, args.parallel, out / "stress-warm")]
+        print(json.dumps(rows[-1]), flush=True)
+        if not args.skip_cold:
+            rows.append(bench_stress(True, args.cold_parallel, out / "stress-cold"))
+            print(json.dumps(rows[-1]), flush=True)
+        results["stress"] = rows
+        print("\nstress grid (2 algorithms x 2 rho x 2 eta_theta, 500 clients, 10 rounds)")
+        for r in rows:
+            print(f"  {r['mode']:<5} {r['cells']:>4} cells  {r['parallel']} at a time  {r['wall_s']:>8.1f} s  "
+                  f"{r['per_hour']:>9.1f} cells/hour   ({r['load_before']})")
+        if len(rows) == 2:
+            results["stress_speedup"] = rows[0]["per_hour"] / rows[1]["per_hour"]
+            print(f"  warm / cold: {results['stress_speedup']:.1f}x cells/hour")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
