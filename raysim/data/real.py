@@ -450,15 +450,15 @@ class RealFederation(Federation):
         return out
 
 
-def preflight(cfg: Any) -> None:
+def preflight(cfg: Any) -> "RealFederation | None":
     """Check a run's data in the driver, before any actor starts, so that a missing or corrupt
     file is reported as a clear error (and not as a crashed actor), and pin the data directory
     to an absolute path so every actor reads the same files whatever its working directory."""
     d = cfg.data
     if getattr(d, "kind", "synthetic") != "real":
-        return
+        return None
     if d.data_dir is None or not Path(d.data_dir).is_absolute():
         d.data_dir = str(resolve_data_dir(d).resolve())
     from raysim.config import PartitionSection
 
-    RealFederation(d, cfg.run.seed, getattr(cfg, "partition", None) or PartitionSection())
+    return RealFederation(d, cfg.run.seed, getattr(cfg, "partition", None) or PartitionSection())
