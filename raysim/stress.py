@@ -150,8 +150,21 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
             algorithms[str(label)] = ({"algorithm.name": str(label)} if str(label) in _algorithm_names() else {}) | sets
     else:
         raise ConfigError(f"{path}: stress.algorithms must be a list of algorithm names or a table of variants")
-    seeds = [int(s) for s in spec.get("seeds", [base.get("run", {}).get("seed", 0)])]
+    seeds_raw = spec.get("seeds", [base.get("run", {}).get("seed", 0)])
+    if (not isinstance(seeds_raw, list) or not seeds_raw
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds_raw)):
+        raise ConfigError(f"{path}: stress.seeds = {seeds_raw!r} must be a non-empty list of non-negative integers, "
+                          "e.g. seeds = [0, 1, 2]")
+    if len(set(seeds_raw)) != len(seeds_raw):
+        raise ConfigError(f"{path}: stress.seeds = {seeds_raw!r} repeats a seed; list each seed once")
+    seeds = [int(x) for x in seeds_raw]
     name = str(spec.get("name") or path.stem)
+    try:
+        from raysim.config import check_name
+
+        check_name(name, "stress.name")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     out_dir = Path(out or spec.get("out_dir") or Path("runs") / "stress" / name)
     diff = spec.get("diff")
     labels = list(algorithms)
@@ -234,11 +247,15 @@ def _cell_row(cell: Cell) -> dict[str, Any]:
     row: dict[str, Any] = {**{k: v for k, v in cell.axes.items()}, "algorithm": cell.algorithm, "seed": cell.seed,
                            "status": cell.status, "error": cell.error, "run_dir": str(cell.run_dir)}
     summ = cell.run_dir / "summary.json"
+    row["outcome"] = "failed" if cell.status == "failed" else "unfinished"
     if cell.status in ("done", "ran") and summ.is_file():
+        from raysim.outcome import status_of
+
         s = json.loads(summ.read_text())
+        row["outcome"] = status_of(s)      # ok | diverged | empty_model | no_participation
         row["wall_s"] = s.get("wall_s")
         for k, v in (s.get("final") or {}).items():
-            if k not in row and not isinstance(v, (list, dict)):
+            if k not in row and k != "status" and not isinstance(v, (list, dict)):
                 row[k] = v
         fed_path = cell.run_dir / "federation.json"
         if fed_path.is_file():
@@ -272,7 +289,21 @@ def _pivot(df: pd.DataFrame, axes: list[str], metric: str) -> pd.DataFrame:
     return p
 
 
-def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False) -> Any:
+def _notes(df: pd.DataFrame, axes: list[str]) -> dict[tuple[Any, Any], str]:
+    """Heatmap cells whose runs did not all end ok: (axis-0 value, axis-1 value) -> outcome names."""
+    out: dict[tuple[Any, Any], str] = {}
+    if "outcome" not in df:
+        return out
+    bad = df[~df["outcome"].isin(["ok", "unfinished"])]
+    for _, r in bad.iterrows():
+        key = (r[axes[0]], r[axes[1]] if len(axes) > 1 else "")
+        names = set(filter(None, out.get(key, "").split("/"))) | {str(r["outcome"])}
+        out[key] = "/".join(sorted(names))
+    return out
+
+
+def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False,
+          notes: dict[tuple[Any, Any], str] | None = None) -> Any:
     vals = p.to_numpy(dtype=float)
     if diverging:
         lim = np.nanmax(np.abs(vals)) if np.isfinite(vals).any() else 1.0
@@ -288,10 +319,13 @@ def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False) -> Any:
     lo, hi = im.get_clim()
     for i in range(vals.shape[0]):
         for j in range(vals.shape[1]):
+            note = (notes or {}).get((p.index[i], p.columns[j]))
             if np.isfinite(vals[i, j]):
                 light = diverging or vals[i, j] > lo + 0.6 * (hi - lo)   # dark text on the light colours
-                ax.text(j, i, f"{vals[i, j]:.3g}", ha="center", va="center", fontsize=8,
-                        color="black" if light else "white")
+                ax.text(j, i, f"{vals[i, j]:.3g}" + (f"\n({note})" if note else ""), ha="center", va="center",
+                        fontsize=8, color="black" if light else "white")
+            elif note:      # no ok run in this cell: its outcome, not a number
+                ax.text(j, i, note, ha="center", va="center", fontsize=8, color="red")
     ax.set_title(title, fontsize=9)
     return im
 
@@ -303,26 +337,28 @@ def write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = df[df["status"].isin(["done", "ran"])]
-    if metric not in ok.columns or ok.empty:
+    finished = df[df["status"].isin(["done", "ran"])]
+    ok = finished[finished["outcome"] == "ok"] if "outcome" in finished else finished
+    if metric not in finished.columns or finished.empty:
         return []
     axes = list(grid.axes)
     more = f" (mean over seeds{' and ' + ', '.join(axes[2:]) if len(axes) > 2 else ''})"
-    panels: list[tuple[str, pd.DataFrame, bool]] = []
+    panels: list[tuple[str, pd.DataFrame, bool, Any]] = []
     for label in grid.algorithms:
-        sub = ok[ok["algorithm"] == label]
+        sub = finished[finished["algorithm"] == label]
         if not sub.empty:
-            panels.append((f"{label}: {metric}", _pivot(sub, axes, metric), False))
+            pv = _pivot(sub.assign(**{metric: sub[metric].where(sub.get("outcome", "ok") == "ok")}), axes, metric)
+            panels.append((f"{label}: {metric}", pv, False, _notes(sub, axes)))
     if grid.diff is not None:
         a, b = grid.diff
         pa, pb = (_pivot(ok[ok["algorithm"] == x], axes, metric) if (ok["algorithm"] == x).any() else None
                   for x in (a, b))
         if pa is not None and pb is not None:
-            panels.append((f"{a} - {b}: {metric}", pa.subtract(pb), True))
+            panels.append((f"{a} - {b}: {metric}", pa.subtract(pb), True, None))
     paths = []
-    for title, p, div in panels:
+    for title, p, div, notes in panels:
         fig, ax = plt.subplots(figsize=(1.2 * p.shape[1] + 2.5, 0.8 * p.shape[0] + 2))
-        im = _draw(ax, p, title + more, div)
+        im = _draw(ax, p, title + more, div, notes)
         fig.colorbar(im, ax=ax)
         fig.tight_layout()
         label = title.split(":")[0].replace(" - ", "-minus-")
@@ -332,8 +368,8 @@ def write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str) -> list[Path]:
         paths.append(path)
     if panels:
         fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-        for ax, (title, p, div) in zip(axs[0], panels):
-            im = _draw(ax, p, title, div)
+        for ax, (title, p, div, notes) in zip(axs[0], panels):
+            im = _draw(ax, p, title, div, notes)
             fig.colorbar(im, ax=ax, fraction=0.046)
         fig.suptitle(f"{grid.name}: {metric}{more}", fontsize=10)
         fig.tight_layout()
@@ -438,9 +474,16 @@ def cmd_stress(args: argparse.Namespace) -> int:
     print(grid.out_dir / "results.csv")
     for p in info["plots"]:
         print(p)
+    from raysim.outcome import EXIT_ALL_FAILED
+
+    df = pd.read_csv(grid.out_dir / "results.csv")
+    not_ok = df[df["outcome"] != "ok"] if "outcome" in df else df.iloc[0:0]
+    for r in not_ok.itertuples():
+        print(f"{r.outcome}: {r.algorithm} seed={r.seed} {r.run_dir}"
+              + (f": {r.error}" if isinstance(r.error, str) and r.error else ""), file=sys.stderr)
+    if len(df) and len(not_ok) == len(df):
+        print(f"raysim stress: no cell ended ok (exit code {EXIT_ALL_FAILED})", file=sys.stderr)
+        return EXIT_ALL_FAILED
     if info["failed"]:
-        for c in grid.cells:
-            if c.status == "failed":
-                print(f"failed: {c.algorithm} seed={c.seed} {c.axes}: {c.error}", file=sys.stderr)
         return 1
     return 0
