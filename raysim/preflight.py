@@ -126,7 +126,8 @@ def check_memory(cfg: Config, d: Dims, available: int | None = None) -> dict[str
         raise ConfigError(
             f"this run needs about {_gb(total)} of memory but {_gb(avail)} is available on this machine "
             f"({parts}; p = {d.p:,}, {d.sizes.size:,} clients, up to {int(d.sizes.max()):,} samples each). "
-            "Lower data.p, data.n_clients or data.n_per_client, run it on a Ray cluster with enough memory "
+            "Lower data.p, data.test_samples / data.val_samples, data.n_clients or data.n_per_client, run it on a "
+            "Ray cluster with enough memory "
             "(cluster.address), or set run.memory_check = false to try anyway")
     return est
 
