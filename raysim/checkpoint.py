@@ -206,8 +206,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             pass
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise CheckpointError(
-                f"cannot write {path}: {os.strerror(exc.errno)} ({len(data):,} bytes needed); free space on "
-                f"that disk or give the run a directory on another one (--out), then continue with --resume"
+                f"cannot write {path}: {os.strerror(exc.errno)} ({len(data):,} bytes needed: the disk is full or a "
+                f"file-size limit or quota is reached); free space on that disk or give the run a directory on "
+                f"another one (--out), then continue with --resume"
             ) from None
         raise
     _fsync_dir(path.parent)
