@@ -14,10 +14,15 @@ Design (how a trial runs and how its intermediate values reach the study):
   ``trial.report(value, round)`` to the storage and answers ``trial.should_prune()``; a
   "stop" ends the run (``StopRun``) and the driver records the trial as PRUNED. The pruner
   sees every trial's values, whichever process wrote them.
-* Storage is resumable: a journal file by default (safe for several writers), an RDB URL on
-  clusters. On start, trials left RUNNING by a killed study are marked FAIL, and only
-  ``n_trials - (COMPLETE + PRUNED + FAIL)`` new trials are run. A trial that raises is
-  recorded as FAIL with its error in the ``error`` user attribute, and the study goes on.
+* Storage is resumable: a journal file by default, an RDB URL on clusters (its password is
+  masked everywhere it is written or printed). One driver per study (:class:`StudyLock`: a
+  second ``raysim tune`` is refused with the first one's pid and host). On start, trials left
+  RUNNING by a killed driver are marked FAIL and their parameters queued again, and only
+  ``n_trials - (COMPLETE + PRUNED + FAIL)`` new trials are run (the interrupted ones do not
+  count). The sampler is seeded with ``study.seed`` plus the number of trials already in the
+  storage, so a continued study never draws the first trials' parameters again. A trial that
+  raises, or whose run ends diverged / empty_model / no_participation, is recorded as FAIL
+  with the reason in the ``error`` user attribute, and the study goes on.
 """
 
 from __future__ import annotations
