@@ -131,3 +131,35 @@ def test_every_trial_failed_exits_6_with_the_reason(tmp_path):
     assert all(t.user_attrs["error"].startswith("run diverged") for t in trials)
     table = pd.read_csv(out / "report" / "trials.csv")
     assert set(table["status"]) == {"diverged"}
+
+
+def test_second_driver_on_rdb_storage_joins_without_failing_live_trials(tmp_path):
+    """Two drivers on one RDB study (different study folders, as on two machines): the second
+    one sees the first one's RUNNING trial, leaves it alone (its driver is alive and beating),
+    and both finish with no failed trial."""
+    path = _study(tmp_path, "join", n_trials=3, rounds=60)
+    url = f"sqlite:///{tmp_path / 'join.db'}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    first = subprocess.Popen([sys.executable, "-m", "raysim", "tune", str(path), "--out", str(tmp_path / "a"),
+                              "--storage", url, "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    deadline = time.time() + 120
+    running = []
+    try:
+        while time.time() < deadline and first.poll() is None and not running:
+            time.sleep(0.1)
+            try:
+                st = optuna.load_study(study_name="join", storage=url)
+            except KeyError:
+                continue
+            running = [t.number for t in st.get_trials(states=(TrialState.RUNNING,))]
+        assert running, "the first driver never had a running trial"
+        r = tune(str(path), "--out", str(tmp_path / "b"), "--storage", url, "--n-trials", "5")
+        assert r.returncode == 0, r.stderr
+        assert "left running by a killed study" not in r.stderr
+    finally:
+        _, err = first.communicate(timeout=400)
+    assert first.returncode == 0, err
+    trials = optuna.load_study(study_name="join", storage=url).get_trials()
+    assert not [t.number for t in trials if t.state == TrialState.FAIL]
+    assert all(t.state == TrialState.COMPLETE for t in trials) and len(trials) >= 5

@@ -80,6 +80,10 @@ def mask_storage(location: str) -> str:
         return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", location)
 
 
+#: RDB storages: seconds between a running trial's heartbeats, and silence after which it is stale
+HEARTBEAT_S = 20
+GRACE_S = 90
+
 #: Python DB drivers SQLAlchemy needs for the RDB URL schemes, and how to install them
 _DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
             "postgresql+psycopg": ("psycopg", "psycopg[binary]"), "mysql": ("MySQLdb", "mysqlclient"),
@@ -102,7 +106,11 @@ def open_storage(location: str) -> optuna.storages.BaseStorage:
                                   f"installed (Python module {need[0]!r}); install it with `pip install {need[1]}`, "
                                   "or use a journal file (--storage path/to/study.journal) or sqlite:///path.db")
         try:
-            return optuna.storages.RDBStorage(location)
+            # heartbeats: a RUNNING trial of a live driver (on any machine) keeps beating, so another
+            # driver joining the study never takes it for the leftover of a killed one
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(location, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
         except ImportError as exc:
             raise ConfigError(f"--storage {mask_storage(location)}: a database driver is missing ({exc.name or exc}); "
                               "install it with pip, or use a journal file or sqlite:///path.db") from None
@@ -229,24 +237,74 @@ def open_study(spec: StudySpec, location: str, rounds: int = 10) -> optuna.Study
     return study
 
 
-def fail_stale_trials(study: optuna.Study, requeue: bool = True) -> list[int]:
-    """Mark trials left RUNNING (by a killed driver) as FAIL and, with ``requeue``, enqueue
-    their parameters again so that they are re-run; returns their numbers.
+def _driver_id() -> str:
+    import socket
 
-    Only one driver runs a study at a time (:class:`StudyLock`), so a RUNNING trial seen here
-    belongs to a driver that is gone. A stale trial is marked ``requeued`` before it is failed,
-    so a driver killed again later never enqueues the same parameters twice.
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _is_stale(study: optuna.Study, t: optuna.trial.FrozenTrial, beat_stale: set[int] | None) -> bool:
+    """Whether a RUNNING trial belongs to a driver that is gone.
+
+    Journal storage: always (a live driver holds the :class:`StudyLock`, so none runs here).
+    RDB storage (drivers may be on other machines): its driver, recorded in the ``driver``
+    user attribute, is a dead process on this host, or its heartbeat stopped ``GRACE_S`` ago."""
+    if beat_stale is None:
+        return True
+    if t._trial_id in beat_stale:
+        return True
+    import socket
+
+    host, _, pid = str(t.user_attrs.get("driver", "")).rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        from raysim.checkpoint import _pid_alive
+
+        return not _pid_alive(int(pid))
+    return False
+
+
+def fail_stale_trials(study: optuna.Study, requeue: bool = True) -> list[int]:
+    """Mark trials left RUNNING by a killed driver as FAIL and, with ``requeue``, enqueue their
+    parameters again so that they are re-run; returns their numbers.
+
+    A RUNNING trial of another live driver is never touched (:func:`_is_stale`). A stale trial
+    is marked ``requeued`` before it is failed, so a driver killed again later never enqueues
+    the same parameters twice.
     """
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)      # Optuna wraps an RDB storage in a cache
+    beat_stale = None
+    if isinstance(backend, optuna.storages.RDBStorage):
+        # RDB: drivers may be on other machines, so only trials whose driver is known to be gone
+        beat_stale = set(backend._get_stale_trial_ids(study._study_id)) if backend.get_heartbeat_interval() else set()
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "error", STALE_ERROR)
-        if requeue and t.params:
-            study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if not _is_stale(study, t, beat_stale):
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "error", STALE_ERROR)
+            if requeue and t.params:
+                storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except RuntimeError:   # another driver finished or failed it meanwhile
+            continue
         if requeue and t.params:
             study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
         stale.append(t.number)
     return stale
+
+
+class _Tagged:
+    """The objective, with each trial tagged by the driver that runs it (host:pid), which is
+    how another driver tells a live trial from the leftover of a killed one."""
+
+    def __init__(self, objective: Any):
+        self.objective = objective
+        self.driver = _driver_id()
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        trial.set_user_attr("driver", self.driver)
+        return self.objective(trial)
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -495,7 +553,7 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
         reporters_local: queue.Queue = queue.Queue()
         bar = _Bar(remaining, console, spec)
         try:
-            study.optimize(_TrialRunner(spec, study_dir, overrides, reporters_local), n_trials=remaining,
+            study.optimize(_Tagged(_TrialRunner(spec, study_dir, overrides, reporters_local)), n_trials=remaining,
                            timeout=timeout, n_jobs=k, catch=(Exception,), callbacks=[bar.callback],
                            gc_after_trial=False)
         finally:
@@ -520,7 +578,7 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
                 reporters.put(actor)
             bar = _Bar(remaining, console, spec)
             try:
-                study.optimize(_TrialRunner(spec, study_dir, overrides, reporters), n_trials=remaining,
+                study.optimize(_Tagged(_TrialRunner(spec, study_dir, overrides, reporters)), n_trials=remaining,
                                timeout=timeout, n_jobs=k, catch=(Exception,), callbacks=[bar.callback],
                                gc_after_trial=False)
             finally:
