@@ -151,6 +151,15 @@ def config_doc() -> str:
                 allowed = f" (one of: {', '.join(args)})"
             lines.append(f"{key} = {kf.default!r}  # {kf.description or ''}{allowed}")
         lines.append("")
+    from raysim import defaults
+
+    lines.append("# Per-task defaults: keys left unset (None above) take their task's value.")
+    for ln in (defaults.__doc__ or "").strip().splitlines()[2:]:
+        lines.append(f"# {ln}".rstrip())
+    keys = list(defaults.KEYS)
+    lines.append("# task   " + "  ".join(keys))
+    for task, table in defaults.TASK_DEFAULTS.items():
+        lines.append(f"# {task:<6} " + "  ".join(f"{table[k]:<{len(k)}g}" for k in keys))
     return "\n".join(lines)
 
 

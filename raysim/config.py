@@ -20,6 +20,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raysim import defaults as _defaults
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -53,7 +55,8 @@ class RunSection(_Section):
 
     name: str = Field("default", description="Run name; the run directory is <out_dir>/<name>-<timestamp>.")
     seed: int = Field(0, ge=0, description="Master seed; every random stream is keyed by (seed, purpose, client, step).")
-    rounds: int = Field(100, ge=1, description="Number of rounds. FLoPS does steps_per_round communication steps per round.")
+    rounds: Optional[int] = Field(None, ge=1, description="Number of rounds. FLoPS does steps_per_round communication "
+                                                          "steps per round. " + _defaults.describe("run.rounds"))
     steps_per_round: Optional[int] = Field(
         None, ge=1,
         description="Communication steps per round for per-step algorithms (FLoPS); "
@@ -180,16 +183,25 @@ class AlgorithmSection(_Section):
                              "fediter-ht, fedprox, ser (sign-entropy on fedavg/fedprox), fedeba (FedEBA+).")
     rho: float = Field(0.05, gt=0, le=1, description="Target density; m = floor(rho * p) non-zeros at most.")
     batch_size: int = Field(25, ge=1, description="Client mini-batch size b (min(b, n_k) per client).")
-    eta_theta: float = Field(0.05, gt=0, description="Learning rate of the weights theta_tilde.")
-    eta_phi: float = Field(0.1, gt=0, description="Learning rate of the gate parameters phi.")
-    eta_lambda: Optional[float] = Field(None, gt=0, description="Dual learning rate; default 1/p.")
+    eta_theta: Optional[float] = Field(None, gt=0, description="Learning rate of the weights theta_tilde (FLoPS, "
+                                                               "FLoPS-PA). " + _defaults.describe("algorithm.eta_theta"))
+    eta_phi: Optional[float] = Field(None, gt=0, description="Learning rate of the gate parameters phi. "
+                                                             + _defaults.describe("algorithm.eta_phi"))
+    eta_lambda: Optional[float] = Field(
+        None, gt=0, description="Dual step size. lambda prices the expected NUMBER of open gates (its pull on a gate is "
+                                "lambda pi (1 - pi), whatever p) and moves by eta_lambda (D(phi) - rho) per step, D the "
+                                "expected density: one value behaves alike for any p. "
+                                + _defaults.describe("algorithm.eta_lambda"))
     optimizer: Literal["sgd", "adam"] = Field("sgd", description="Server optimizer for the primal step.")
     weighting: Literal["samples", "uniform"] = Field("samples", description="Aggregation weights w_k: n_k / sum n, or 1/|C_t|.")
-    prune_start: float = Field(0.5, ge=0, description="When the exact density starts (see prune_start_unit).")
+    prune_start: Optional[float] = Field(None, ge=0, description="When the exact density starts (see prune_start_unit). "
+                                                                 + _defaults.describe("algorithm.prune_start"))
     prune_start_unit: Literal["fraction", "steps", "rounds"] = Field(
         "fraction", description="prune_start as a fraction of all steps, a step count, or a round count.")
     gate_decay: float = Field(0.9, gt=0, lt=1, description="Gate scaling decay r after prune_start.")
-    rho_init: float = Field(0.5, gt=0, lt=1, description="Initial gate probability: phi ~ N(logit(rho_init), 0.01).")
+    rho_init: Optional[float] = Field(
+        None, gt=0, lt=1, description="Initial P(z != 0) of every gate: phi ~ N(logit(rho_init) + beta log(-gamma/zeta), "
+                                      "0.01). " + _defaults.describe("algorithm.rho_init"))
     gamma: float = Field(-0.1, lt=0, description="Hard concrete stretch lower bound.")
     zeta: float = Field(1.1, gt=1, description="Hard concrete stretch upper bound.")
     beta: float = Field(2.0 / 3.0, gt=0, description="Hard concrete temperature.")
@@ -201,7 +213,8 @@ class AlgorithmSection(_Section):
     local_epochs: int = Field(1, ge=1, description="Local epochs E per round; client k runs E ceil(n_k / batch_size) local steps.")
     eta_local: Optional[float] = Field(
         None, gt=0, description="Local learning rate of the dense baselines (fedavg, fedavg-prune, fed-ht, fediter-ht, "
-                                "fedprox, ser, fedeba); default eta_theta. flops-pa uses eta_theta and eta_phi.")
+                                "fedprox, ser, fedeba); flops-pa uses eta_theta and eta_phi. "
+                                + _defaults.describe("algorithm.eta_local"))
     server_lr: float = Field(1.0, gt=0, description="Server learning rate applied to the averaged client delta.")
     fine_tune_rounds: int = Field(0, ge=0, description="fedavg-prune: the last this many rounds train with the top-m mask fixed.")
     mu: float = Field(0.01, ge=0, description="fedprox (and ser with ser_base = 'fedprox'): proximal strength mu.")
@@ -213,7 +226,7 @@ class AlgorithmSection(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "AlgorithmSection":
-        if self.prune_start_unit == "fraction" and self.prune_start > 1:
+        if self.prune_start_unit == "fraction" and self.prune_start is not None and self.prune_start > 1:
             raise ValueError(
                 f"prune_start = {self.prune_start} with prune_start_unit = 'fraction' must be in [0, 1]; "
                 "use prune_start_unit = 'steps' or 'rounds' for a count")
@@ -259,6 +272,15 @@ class Config(_Section):
     participation: ParticipationSection = ParticipationSection()
     algorithm: AlgorithmSection = AlgorithmSection()
     cluster: ClusterSection = ClusterSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """Unset budget / step-size keys take their task's default (raysim.defaults)."""
+        if isinstance(data, dict):
+            data = {k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in data.items()}
+            return _defaults.fill(data)
+        return data
 
     @model_validator(mode="after")
     def _check_real_data(self) -> "Config":

@@ -158,6 +158,7 @@ class ServerCore:
         self.step = 0
         self.cum_up = 0
         self.cum_down = 0
+        self.cum_steps = 0.0
         self._prev_pi = c.algo.gate_probs(self.state)
         self._reset_round()
         self.last_round: dict[str, Any] = {}
@@ -203,12 +204,15 @@ class ServerCore:
         r = self.r
         self.cum_up += r["bytes_up"]
         self.cum_down += r["bytes_down"]
+        self.cum_steps += r["steps_done"]
         pi = self.comp.algo.gate_probs(self.state)
         out = {"step": self.step, "n_selected": r["n_selected"], "n_reported": r["n_reported"],
                "work_done": r["steps_done"] / max(r["n_reported"], 1),
                "train_loss": r["loss_sum"] / r["loss_w"] if r["loss_w"] > 0 else float("nan"),
                "bytes_up": r["bytes_up"], "bytes_down": r["bytes_down"],
                "cum_bytes_up": self.cum_up, "cum_bytes_down": self.cum_down,
+               # client compute: local mini-batch gradient steps done by the reporting clients
+               "client_steps": r["steps_done"], "cum_client_steps": self.cum_steps,
                "client_compute_s": r["client_s"], "aggregation_s": r["aggregation_s"]}
         out["max_abs_weight"] = self.max_abs_weight()
         if pi is not None and self._prev_pi is not None:
@@ -264,12 +268,13 @@ class ServerCore:
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"state": self.state, "step": self.step, "cum_up": self.cum_up, "cum_down": self.cum_down,
-                "prev_pi": self._prev_pi}
+                "cum_steps": self.cum_steps, "prev_pi": self._prev_pi}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.state = sd["state"]
         self.step = sd["step"]
         self.cum_up, self.cum_down = sd["cum_up"], sd["cum_down"]
+        self.cum_steps = float(sd.get("cum_steps", 0.0))
         self._prev_pi = sd["prev_pi"]
         self._reset_round()
 

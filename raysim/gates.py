@@ -85,9 +85,16 @@ def entropy_grad(phi: torch.Tensor, g: GateParams = DEFAULT) -> torch.Tensor:
 
 
 def density_grad(phi: torch.Tensor, g: GateParams = DEFAULT) -> torch.Tensor:
-    """Closed form of dD/dphi = pi (1 - pi) / p."""
+    """Closed form of dD/dphi = pi (1 - pi) / p (D is the mean of pi)."""
+    return count_grad(phi, g) / phi.numel()
+
+
+def count_grad(phi: torch.Tensor, g: GateParams = DEFAULT) -> torch.Tensor:
+    """Closed form of d(sum_j pi_j)/dphi_j = pi_j (1 - pi_j): the gradient of the expected number
+    of non-zero gates. FLoPS' dual variable multiplies this, so the pull lambda puts on one gate
+    does not shrink as p grows (docs/algorithms.md section 2)."""
     pi = prob_nonzero(phi, g)
-    return pi * (1.0 - pi) / phi.numel()
+    return pi * (1.0 - pi)
 
 
 def phi_from_prob(pi: torch.Tensor, g: GateParams = DEFAULT) -> torch.Tensor:
@@ -97,9 +104,12 @@ def phi_from_prob(pi: torch.Tensor, g: GateParams = DEFAULT) -> torch.Tensor:
     return phi.clamp(-PHI_LIMIT, PHI_LIMIT)
 
 
-def init_phi(p: int, rho_init: float, rng: np.random.Generator, std: float = 0.01) -> torch.Tensor:
-    """phi_j ~ Normal(logit(rho_init), std) (ALGORITHMS.md section 1)."""
-    mu = math.log(rho_init) - math.log1p(-rho_init)
+def init_phi(p: int, rho_init: float, rng: np.random.Generator, std: float = 0.01,
+             g: GateParams = DEFAULT) -> torch.Tensor:
+    """phi_j ~ Normal(logit(rho_init) + beta log(-gamma/zeta), std): every gate starts with
+    P(z_j != 0) = rho_init (up to the small spread), which is what ``algorithm.rho_init`` means
+    (docs/algorithms.md section 1)."""
+    mu = math.log(rho_init) - math.log1p(-rho_init) + g.shift
     return torch.from_numpy(rng.normal(mu, std, size=p)).float()
 
 

@@ -28,14 +28,14 @@ import pandas as pd
 
 from raysim.config import Config, ConfigError, dump_toml, load_config
 
-ADDITIVE = ("n_selected", "n_reported", "bytes_up", "bytes_down", "client_compute_s", "aggregation_s", "round_s")
+ADDITIVE = ("n_selected", "n_reported", "client_steps", "bytes_up", "bytes_down", "client_compute_s", "aggregation_s", "round_s")
 
 COLUMNS = ["round", "step", "density", "expected_density", "nnz", "m", "lambda", "tdr", "tpr", "f1",
            "soft_iou", "mse", "r2", "accuracy", "log_loss", "auc", "micro_f1", "macro_f1", "hamming_loss",
            "fair_mean", "fair_std", "fair_worst5", "fair_best5", "mean_entropy", "tau", "train_loss",
            "n_selected", "n_reported", "work_done", "bytes_up", "bytes_down", "cum_bytes_up",
-           "cum_bytes_down", "round_s", "client_compute_s", "aggregation_s", "evaluation_s",
-           "clients_per_s", "wall_s", "max_abs_weight", "status"]
+           "cum_bytes_down", "client_steps", "cum_client_steps", "round_s", "client_compute_s", "aggregation_s",
+           "evaluation_s", "clients_per_s", "wall_s", "max_abs_weight", "status"]
 
 
 @dataclass

@@ -55,7 +55,7 @@ def hand_step(cfg, theta, phi, lam, step):
     a = cfg.algorithm
     pi = torch.sigmoid(phi - g.shift)
     theta_new = theta - a.eta_theta * gth
-    phi_new = phi - a.eta_phi * (gph + lam * pi * (1 - pi) / p)
+    phi_new = phi - a.eta_phi * (gph + lam * pi * (1 - pi))
     c = float(torch.sigmoid(phi_new - g.shift).mean()) - a.rho
     lam_new = 0.0 if c <= 0 else max(0.0, lam + a.eta_lambda * c)
     return theta_new, phi_new, lam_new
@@ -133,3 +133,31 @@ def test_final_export_is_sparse_even_if_pruning_never_started():
     assert server.state["active"] is None
     assert int(np.count_nonzero(server.deployed(final=True)[:100])) <= 5
     assert rows[-1]["nnz"] <= 5  # the last row evaluates the exported model
+
+
+def test_dual_is_scale_free_and_binds():
+    """lambda prices the expected COUNT of open gates with a step normalised by p: with no data
+    gradient, the same eta_lambda moves the expected density along the same path for p = 100 and
+    p = 1.7 million, and the constraint binds (D(phi) is driven down to rho) in both."""
+    from raysim.algorithms import StepContext, build_algorithm
+    from raysim.algorithms.base import Schedule
+    from raysim.models import build_model
+
+    paths = {}
+    for p in (100, 1_700_000):
+        cfg = load_config(None, ["algorithm.rho=0.05", "algorithm.eta_lambda=0.05", "algorithm.eta_phi=1.0",
+                                 "algorithm.rho_init=0.5"])
+        model = build_model("lr", (p,), 1)
+        sch = Schedule(total_steps=10_000, steps_per_round=1, prune_start=10_000, tau_end=0)
+        algo = build_algorithm(cfg.algorithm, model, sch)
+        state = algo.init_state(0)
+        d, lam = [], []
+        for t in range(100):
+            state = algo.server_update(state, _agg_zero(p), StepContext(0, t, sch))
+            d.append(float(gates.expected_density(state["phi"].double())))
+            lam.append(state["lam"])
+        paths[p] = (np.array(d), np.array(lam))
+    (d1, l1), (d2, l2) = paths[100], paths[1_700_000]
+    np.testing.assert_allclose(d1, d2, atol=2e-3)
+    np.testing.assert_allclose(l1, l2, atol=2e-3, rtol=1e-2)
+    assert d1[0] > 0.45 and d1[-1] < 0.06 and d2[-1] < 0.06      # it binds: 0.5 -> rho

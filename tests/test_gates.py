@@ -79,6 +79,8 @@ def test_density_and_its_gradient():
     assert float(d.detach()) == pytest.approx(float(torch.sigmoid(phi.detach() - G.shift).mean()))
     (g,) = torch.autograd.grad(d, phi)
     assert torch.allclose(gates.density_grad(phi.detach()), g)
+    (gc,) = torch.autograd.grad(gates.prob_nonzero(phi).sum(), phi)
+    assert torch.allclose(gates.count_grad(phi.detach()), gc)
 
 
 def test_phi_from_prob_inverts_pi_and_stays_finite():
@@ -88,10 +90,15 @@ def test_phi_from_prob_inverts_pi_and_stays_finite():
     assert torch.isfinite(extreme).all() and float(extreme.abs().max()) <= gates.PHI_LIMIT
 
 
-def test_init_phi_centres_on_logit_rho_init():
-    phi = gates.init_phi(20_000, 0.3, np.random.default_rng(0))
-    assert float(phi.mean()) == pytest.approx(math.log(0.3 / 0.7), abs=1e-3)
+@pytest.mark.parametrize("rho_init", [0.05, 0.3, 0.5, 0.9])
+def test_init_phi_starts_every_gate_at_p_nonzero_rho_init(rho_init):
+    """rho_init is the initial P(z != 0), measured by sampling the gates, not logit(phi)."""
+    phi = gates.init_phi(20_000, rho_init, np.random.default_rng(0))
+    assert float(gates.expected_density(phi.double())) == pytest.approx(rho_init, abs=2e-3)
     assert float(phi.std()) == pytest.approx(0.01, rel=0.05)
+    u = torch.rand(20_000, generator=torch.Generator().manual_seed(1)).clamp(1e-6, 1 - 1e-6)
+    freq = float((gates.sample(phi, u) > 0).double().mean())
+    assert freq == pytest.approx(rho_init, abs=0.015)
 
 
 def test_top_m_ranks_by_pi_then_magnitude_then_index():

@@ -19,7 +19,7 @@ def _spec(**over):
          "scenario": {"algorithm": "flops", "base": {"data": {"p": 50, "n_clients": 10}}},
          "space": {"eta_theta": {"key": "algorithm.eta_theta", "low": 0.01, "high": 0.1, "log": True},
                    "ratio": {"kind": "eta_phi_ratio", "low": 0.5, "high": 4.0},
-                   "lam": {"kind": "eta_lambda_p", "low": 0.5, "high": 2.0},
+                   "lam": {"kind": "eta_lambda", "low": 0.5, "high": 2.0},
                    "ps": {"kind": "prune_start", "low": 0.3, "high": 0.7},
                    "tau0": {"kind": "tau0", "low": 1e-4, "high": 1e-1},
                    "algorithm.rho_init": {"low": 0.2, "high": 0.8},
@@ -35,7 +35,7 @@ def test_space_speaks_the_method_language():
                               "algorithm.rho_init": 0.3, "algorithm.optimizer": "adam"})
     a = cfg.algorithm
     assert a.eta_phi == pytest.approx(0.06)              # ratio * eta_theta
-    assert a.eta_lambda == pytest.approx(2.0 / 50)       # (eta_lambda * p) / p
+    assert a.eta_lambda == pytest.approx(2.0)             # dimensionless, as sampled
     assert a.prune_start == 0.4 and a.prune_start_unit == "fraction"
     assert a.tau0 == 0.01 and a.rho_init == 0.3 and a.optimizer == "adam"
     assert cfg.data.val_samples == 2000 and not cfg.run.progress and not cfg.run.plots

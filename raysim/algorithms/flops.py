@@ -9,9 +9,12 @@ One communication step (ALGORITHMS.md section 2):
 * clients draw a mini-batch and their own gate noise and return the gradients of their
   mini-batch loss at ``theta_tilde * z`` with respect to ``theta_tilde`` and ``phi``;
 * the server averages them (weights n_k / sum n or uniform), takes the primal step
-  ``theta -= eta_theta g_theta``, ``phi -= eta_phi (g_phi + lambda dD/dphi - tau_t dH/dphi)``,
-  the dual step ``lambda = max(0, lambda + eta_lambda (D(phi) - rho))`` with the restart
-  ``lambda = 0`` whenever ``D(phi) <= rho``;
+  ``theta -= eta_theta g_theta``, ``phi -= eta_phi (g_phi + lambda pi (1 - pi) - tau_t dH/dphi)``
+  (lambda prices the expected COUNT of non-zero gates, sum_j pi_j, so its pull on a gate does
+  not shrink with p), the dual step ``lambda = max(0, lambda + eta_lambda (D(phi) - rho))`` on
+  the count constraint normalised by p (D is the expected density), with the restart
+  ``lambda = 0`` whenever ``D(phi) <= rho``. One eta_lambda therefore behaves alike for
+  p = 100 and p = 10^6;
 * from ``prune_start`` on, the gate scaling of section 3 keeps the deployed model at
   m = floor(rho p) non-zeros or fewer.
 
@@ -75,7 +78,7 @@ class FLoPS(Algorithm):
     def __init__(self, cfg: Any, model, schedule):
         super().__init__(cfg, model, schedule)
         self.gp = gates.GateParams(gamma=cfg.gamma, zeta=cfg.zeta, beta=cfg.beta)
-        self.eta_lambda = cfg.eta_lambda if cfg.eta_lambda is not None else 1.0 / model.p
+        self.eta_lambda = cfg.eta_lambda
         #: entropy strength tau_0 (section 4); the entropy variants replace a 0 by DEFAULT_TAU0
         self.tau0 = cfg.tau0
 
@@ -83,7 +86,7 @@ class FLoPS(Algorithm):
     def init_state(self, seed: int) -> State:
         g = rngmod.generator(seed, "init")
         theta = self.model.init_params(g).float()
-        phi = gates.init_phi(self.model.p, self.cfg.rho_init, rngmod.generator(seed, "init-gates"))
+        phi = gates.init_phi(self.model.p, self.cfg.rho_init, rngmod.generator(seed, "init-gates"), g=self.gp)
         state: State = {"theta": theta, "phi": phi, "lam": 0.0, "t": 0,
                         "active": None}
         if self.cfg.optimizer == "adam":
@@ -129,7 +132,7 @@ class FLoPS(Algorithm):
         tau = tau_at(t, self.tau0, ctx.schedule.tau_end, cfg.tau_schedule)
         if agg.weight > 0:
             g_th = agg.mean["theta"]
-            g_ph = agg.mean["phi"] + lam * gates.density_grad(phi, self.gp)
+            g_ph = agg.mean["phi"] + lam * gates.count_grad(phi, self.gp)
             if tau > 0:
                 g_ph = g_ph - tau * gates.entropy_grad(phi, self.gp)
             if cfg.optimizer == "adam":

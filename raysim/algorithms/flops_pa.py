@@ -8,7 +8,7 @@ One round (one communication):
 1. The server broadcasts theta_tilde, phi, lambda, tau_t and, after prune_start, the active
    set T (sent sparse: theta_tilde and phi only on T).
 2. Every selected client runs E local epochs of mini-batch steps on the Lagrangian
-   ``loss(theta_tilde * z) + lambda D(phi) - tau_t H(phi)`` with lambda and tau_t held fixed,
+   ``loss(theta_tilde * z) + lambda sum_j pi_j - tau_t H(phi)`` with lambda and tau_t held fixed,
    its own gate noise each step and the local learning rates eta_theta, eta_phi (the cohort
    is trained vectorised; see :mod:`raysim.algorithms.local`). After prune_start the gates
    outside T are frozen closed (z_j = 0, phi_j not updated): only T is trained.
@@ -85,7 +85,7 @@ class FLoPSPA(FLoPS, LocalTraining):
             g_th, g_ph = torch.autograd.grad(loss.sum(), [th, ph])
             ph = ph.detach()
             pi = gates.prob_nonzero(ph, self.gp)
-            g_ph = g_ph + lam * pi * (1.0 - pi) / p            # lambda dD/dphi, per client row
+            g_ph = g_ph + lam * pi * (1.0 - pi)                # lambda d(sum pi)/dphi, per client row
             if tau > 0:
                 g_ph = g_ph - tau * gates.entropy_grad(ph, self.gp)
             act = active[:, None].to(th.dtype)

@@ -2,7 +2,7 @@
 
 The space speaks the method's language (ALGORITHMS.md sections 2-4): a learning-rate ratio
 is sampled as a ratio and turned into ``algorithm.eta_phi = ratio * algorithm.eta_theta``,
-``eta_lambda * p`` into ``algorithm.eta_lambda = value / data.p``, tau_0 on a log scale with
+``eta_lambda`` (dimensionless) on a log scale, tau_0 on a log scale with
 a categorical switch for exactly 0. Any other dotted config key is a plain float, int or
 categorical dimension, so knobs added later (``algorithm.local_epochs``) need no code here.
 """

@@ -49,8 +49,8 @@ from raysim.config import ConfigError, read_toml
 PRESETS: dict[str, dict[str, Any]] = {
     # eta_phi / eta_theta, log-scaled; algorithm.eta_phi = ratio * algorithm.eta_theta
     "eta_phi_ratio": {"key": "algorithm.eta_phi", "log": True, "times": "algorithm.eta_theta"},
-    # eta_lambda * p, log-scaled; algorithm.eta_lambda = value / data.p
-    "eta_lambda_p": {"key": "algorithm.eta_lambda", "log": True, "per": "data.p"},
+    # the dual step size, log-scaled; it is dimensionless (the same value behaves alike for any p)
+    "eta_lambda": {"key": "algorithm.eta_lambda", "log": True},
     # prune_start as a fraction of all training steps
     "prune_start": {"key": "algorithm.prune_start", "log": False,
                     "also": {"algorithm.prune_start_unit": "fraction"}},
@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "local_epochs": {"key": "algorithm.local_epochs", "type": "int"},
 }
 
-ParamKind = Literal["float", "int", "categorical", "eta_phi_ratio", "eta_lambda_p", "prune_start", "tau0",
+ParamKind = Literal["float", "int", "categorical", "eta_phi_ratio", "eta_lambda", "prune_start", "tau0",
                     "rho_init", "local_epochs"]
 
 #: Settings every trial gets: trials are quiet, write no plots and are evaluated on a
@@ -78,7 +78,7 @@ class ParamSpec(_Model):
     """One search-space dimension (``[space.<name>]``; the name is the Optuna parameter)."""
 
     kind: Optional[ParamKind] = Field(
-        None, description="float | int | categorical, or a method preset: eta_phi_ratio, eta_lambda_p, "
+        None, description="float | int | categorical, or a method preset: eta_phi_ratio, eta_lambda, "
                           "prune_start, tau0, rho_init, local_epochs (default: categorical with choices, else float)")
     key: Optional[str] = Field(None, description="Dotted config key the value sets (default: the preset's key, "
                                                  "or the parameter name when it is a dotted key)")
