@@ -1,7 +1,9 @@
 """The ``raysim`` command line.
 
     raysim run [CONFIG.toml] [--set key=value ...]     one experiment (default scenario without a file)
-    raysim report RUN_DIR                              re-draw plots and print the summary of a run
+    raysim run ... --dry-run                           print what would run; start nothing
+    raysim report RUN_DIR [--format png|pdf|svg]       re-draw plots and print the summary of a run
+    raysim --version
     raysim config [CONFIG.toml] [--set ...] [--doc]    print the resolved config, or every key documented
 """
 
@@ -46,7 +48,10 @@ def _load(args: argparse.Namespace) -> Config:
 def _run_args(p: argparse.ArgumentParser) -> None:
     _config_args(p)
     p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>-<timestamp>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or summary table")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar or summary table; print only the run directory (for scripts)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and print what would run; start nothing (no Ray), exit 0")
     p.add_argument("--force", action="store_true",
                    help="replace a finished or unfinished run already in --out (its files are removed first)")
     p.add_argument("--resume", metavar="RUN_DIR",
@@ -70,6 +75,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             from raysim.config import apply_overrides, validate
 
             cfg = validate(apply_overrides(cfg.to_toml_dict(), extra))
+        if args.dry_run:
+            print(describe_run(cfg, resume=args.resume))
+            return 0
         res = run(cfg, resume=True)
         if not cfg.run.progress:
             print(res.run_dir)
@@ -80,6 +88,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("run.progress=false")
     cfg = load_config(args.config, overrides)
+    if args.dry_run:
+        print(describe_run(cfg))
+        return 0
     res = run(cfg, force=args.force)
     if not cfg.run.progress:
         print(res.run_dir)
@@ -97,10 +108,45 @@ def _outcome(res) -> int:
     return exit_code(status)
 
 
+def describe_run(cfg: Config, resume: str | None = None) -> str:
+    """What ``raysim run`` would do with this config (for --dry-run): one line per fact."""
+    d, a, r, c = cfg.data, cfg.algorithm, cfg.run, cfg.cluster
+    where = (f"{resume} (resumed from its newest checkpoint)" if resume else
+             r.run_dir or f"{r.out_dir}/{r.name}-<timestamp>")
+    source = (f"real data {d.dataset}" + (f" ({d.emnist_split})" if d.dataset == "emnist" else "")
+              if d.kind == "real" else f"synthetic, p = {d.p}")
+    ray_at = (c.address or f"RAY_ADDRESS={_env('RAY_ADDRESS')}") if (c.address or _env("RAY_ADDRESS")) \
+        else "a new local Ray instance"
+    backend = getattr(c, "backend", "ray")
+    rho = getattr(a, "rho", None)
+    lines = [
+        f"would run: {a.name} on task {d.task}, {source}, {d.n_clients} clients",
+        f"  rounds {r.rounds}, eval every {r.eval_every}, seed {r.seed}"
+        + (f", density target rho = {rho:g}" if rho is not None else ""),
+        f"  participation: {cfg.participation.kind}, rate {cfg.participation.rate:g}"
+        + (f", dropout {cfg.participation.dropout:g}" if cfg.participation.dropout else "")
+        + (f"; partition {cfg.partition.kind}" if d.kind == "real" else ""),
+        ("  backend: in this process (cluster.backend = local, no Ray)" if backend == "local" else
+         f"  Ray: {cfg.n_actors()} client actors x {c.num_cpus:g} CPU + server {c.server_num_cpus:g} CPU on {ray_at}"),
+        f"  run directory: {where}",
+        f"  plots: {r.plot_format if r.plots else 'none'}; checkpoint every {r.checkpoint_every or 'never'}",
+        "dry run: nothing started",
+    ]
+    return "\n".join(lines)
+
+
+def _env(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
 # -- report ------------------------------------------------------------------------------------
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory written by `raysim run`")
+    p.add_argument("--format", choices=["png", "pdf", "svg"], default=None,
+                   help="file format of the plots (default: run.plot_format of the run's config.toml)")
 
 
 @command("report", "re-draw the plots and print the summary of a run directory")(_report_args)
@@ -111,7 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     d = Path(args.run_dir)
     if not (d / "metrics.csv").exists():
         raise ConfigError(f"{d} is not a run directory (no metrics.csv); give the folder `raysim run` printed")
-    paths = plot_run(d)
+    paths = plot_run(d, fmt=args.format)
     summary_path = d / "summary.json"
     if summary_path.exists():
         print_summary(json.loads(summary_path.read_text()), d)
@@ -171,12 +217,31 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in PLUGINS:
         importlib.import_module(mod)
     parser = argparse.ArgumentParser(prog="raysim", description="Ray-based simulation of sparse federated learning.")
+    parser.add_argument("--version", action="version", version=version_string(),
+                        help="print the raysim version (and those of Ray, Optuna, PyTorch) and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(func=fn)
     return parser
+
+
+def version_string() -> str:
+    """``raysim X.Y.Z (ray ..., optuna ..., torch ..., python ...)`` from the installed metadata."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from raysim import __version__
+
+    def v(pkg: str) -> str:
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"raysim {__version__} (ray {v('ray')}, optuna {v('optuna')}, torch {v('torch')}, "
+            f"python {platform.python_version()})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,7 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> tuple[
     return spec, cfgs
 
 
-def run_all(cfgs: list[Config], max_parallel: int | None) -> list[Any]:
+def run_all(cfgs: list[Config], max_parallel: int | None, progress: bool = True) -> list[Any]:
     """Every run, in parallel on Ray where the lead's parallel runner exists."""
     try:
         from raysim.cluster.parallel import run_many
@@ -100,13 +100,14 @@ def run_all(cfgs: list[Config], max_parallel: int | None) -> list[Any]:
                     out.append(run(c, console_output=False))
                 except Exception as exc:  # noqa: BLE001 - recorded, the others go on
                     out.append(exc)
-                print(f"  [{i + 1}/{len(cfgs)}] {c.run.name}: "
-                      f"{'failed' if isinstance(out[-1], Exception) else 'done'}", flush=True)
+                if progress:
+                    print(f"  [{i + 1}/{len(cfgs)}] {c.run.name}: "
+                          f"{'failed' if isinstance(out[-1], Exception) else 'done'}", flush=True)
         finally:
             if started:
                 ray.shutdown()
         return out
-    return run_many(cfgs, max_parallel=max_parallel)
+    return run_many(cfgs, max_parallel=max_parallel, progress=progress)
 
 
 def collect(spec: dict[str, Any], cfgs: list[Config], results: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -202,54 +203,69 @@ def markdown_table(table: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str]) -> list[Path]:
-    """Test metric and TDR against rounds and cumulative bytes: mean over seeds, one line per algorithm."""
-    import matplotlib
+def plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str], fmt: str = "png") -> list[Path]:
+    """Test metric and TDR against rounds and cumulative bytes: mean over seeds, one line per
+    algorithm in its own colour, line style and marker (:func:`raysim.plotstyle.algo_style`)."""
+    from raysim.plotstyle import style
 
-    matplotlib.use("Agg")
+    with style():
+        return _plot_curves(curves, out_dir, metric, order, fmt)
+
+
+def _plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str], fmt: str) -> list[Path]:
     import matplotlib.pyplot as plt
+
+    from raysim.plotstyle import algo_style, markevery, save
 
     curves = curves.copy()
     curves["cum_bytes"] = curves["cum_bytes_up"] + curves["cum_bytes_down"]
+    n_seeds = curves.groupby("algorithm")["seed"].nunique()
     paths = []
     for col in (metric, "tdr"):
         if col not in curves or curves[col].isna().all():
             continue
         for xcol, xlabel, suffix in (("round", "round", "rounds"), ("cum_bytes", "cumulative bytes (up + down)", "bytes")):
             fig, ax = plt.subplots(figsize=(6.5, 4.2))
-            for algo in order:
+            for i, algo in enumerate(order):
                 d = curves[curves["algorithm"] == algo]
                 if d.empty:
                     continue
                 g = d.groupby("round").agg(x=(xcol, "mean"), y=(col, "mean"), s=(col, "std")).dropna(subset=["y"])
-                line, = ax.plot(g["x"], g["y"], label=algo, lw=1.4)
+                st = algo_style(algo)
+                ax.plot(g["x"], g["y"], label=algo, markevery=markevery(len(g), 8, i, len(order)), **st)
                 ax.fill_between(g["x"], g["y"] - g["s"].fillna(0), g["y"] + g["s"].fillna(0),
-                                color=line.get_color(), alpha=0.12, lw=0)
+                                color=st["color"], alpha=0.12, lw=0)
             if xcol == "cum_bytes":
                 ax.set_xscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(col)
-            ax.set_title(f"{col} of the deployed model (mean ± std over seeds)")
-            ax.legend(fontsize=7, ncol=2)
+            seeds = sorted(set(n_seeds.reindex(order).dropna().astype(int)))
+            ax.set_title(f"{col} of the deployed model (mean ± std over "
+                         f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''})")
+            ax.legend(ncol=2, loc="best")
             fig.tight_layout()
-            path = out_dir / f"{col}_{suffix}.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(save(fig, out_dir / f"{col}_{suffix}.png", fmt))
     return paths
 
 
-def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str | None = None,
-            max_parallel: int | None = None) -> tuple[pd.DataFrame, Path]:
-    """Run a comparison file and write its table and plots; returns (table, output folder)."""
-    from raysim.report import TEST_METRIC
-
+def plan(path: str | Path, overrides: list[str] | None = None,
+         out_dir: str | None = None) -> tuple[dict[str, Any], list[Config]]:
+    """The comparison's spec and run configs, with ``out_dir`` (--out) applied."""
     spec, cfgs = load_compare(path, overrides)
     if out_dir is not None:
         new = Path(out_dir)
         cfgs = [c.model_copy(update={"run": c.run.model_copy(update={
             "run_dir": str(new / "runs" / Path(c.run.run_dir).name)})}) for c in cfgs]
         spec["out_dir"] = new
+    return spec, cfgs
+
+
+def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str | None = None,
+            max_parallel: int | None = None, progress: bool = True) -> tuple[pd.DataFrame, Path]:
+    """Run a comparison file and write its table and plots; returns (table, output folder)."""
+    from raysim.report import TEST_METRIC
+
+    spec, cfgs = plan(path, overrides, out_dir)
     out = Path(spec["out_dir"])
     if out.exists() and not out.is_dir():
         raise ConfigError(f"compare output {out} is a file; give --out (compare.out_dir) a folder")
@@ -260,9 +276,10 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
     for c in cfgs:
         if Path(c.run.run_dir).is_dir():
             shutil.rmtree(c.run.run_dir)
-    print(f"raysim compare: {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) "
-          f"-> {out}", flush=True)
-    results = run_all(cfgs, max_parallel or spec["max_parallel"])
+    if progress:
+        print(f"raysim compare: {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) "
+              f"-> {out}", flush=True)
+    results = run_all(cfgs, max_parallel or spec["max_parallel"], progress)
     finals, curves = collect(spec, cfgs, results)
     task = cfgs[0].data.task
     metric = TEST_METRIC.get(task, "accuracy")
@@ -274,7 +291,7 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
     title = (f"{spec['name']}: task {task}, p = {c0.data.p}, rho = {c0.algorithm.rho}, {c0.data.n_clients} clients, "
              f"{c0.run.rounds} rounds, seeds {', '.join(map(str, spec['seeds']))}")
     (out / "table.md").write_text(markdown_table(table, title))
-    plot_curves(curves, out, metric, spec["algorithms"])
+    plot_curves(curves, out, metric, spec["algorithms"], c0.run.plot_format)
     failed = [c.run.name for c, r in zip(cfgs, results) if isinstance(r, Exception)]
     if failed:
         print(f"raysim compare: {len(failed)} run(s) failed: {', '.join(failed)}")
@@ -287,14 +304,31 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="override a value for every run, e.g. --set run.rounds=50 (repeatable)")
     p.add_argument("--out", help="output folder (default: compare.out_dir)")
     p.add_argument("--max-parallel", type=int, default=None, help="runs at once (default: compare.max_parallel)")
+    p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
+                   help="file format of the plots (default: run.plot_format of the comparison file)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the file and list the runs (algorithm, seed, run directory); start nothing")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar or status lines; print the table and the output folder only")
 
 
 @command("compare", "run several algorithms on one scenario over several seeds; write a table and plots")(_compare_args)
 def cmd_compare(args: argparse.Namespace) -> int:
     from raysim.outcome import EXIT_ALL_FAILED, OK
 
+    overrides = list(args.overrides) + ([f"run.plot_format={json.dumps(args.plot_format)}"] if args.plot_format else [])
+    if args.dry_run:
+        spec, cfgs = plan(args.config, overrides, args.out)
+        c0 = cfgs[0]
+        print(f"would run {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) of "
+              f"task {c0.data.task}, {c0.data.n_clients} clients, {c0.run.rounds} rounds, "
+              f"max_parallel {args.max_parallel or spec['max_parallel'] or 'what fits'} -> {spec['out_dir']}")
+        for c in cfgs:
+            print(f"  {c.algorithm.name:<14} seed={c.run.seed:<3} {c.run.run_dir}")
+        print("dry run: nothing started")
+        return 0
     try:
-        table, out = compare(args.config, args.overrides, args.out, args.max_parallel)
+        table, out = compare(args.config, overrides, args.out, args.max_parallel, progress=not args.no_progress)
     except RuntimeError as exc:
         if "every run" not in str(exc):
             raise

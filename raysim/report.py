@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from raysim.plotstyle import COLORS, LINESTYLES, MARKERS, check_format, markevery, save, styled  # noqa: E402
+
 #: headline test metric per task (higher is better unless listed in LOWER_IS_BETTER)
 TEST_METRIC = {"lr": "r2", "lg": "accuracy", "mc": "accuracy", "cnn": "accuracy", "mlc": "micro_f1"}
 LOWER_IS_BETTER = {"mse", "log_loss", "hamming_loss"}
@@ -20,99 +22,172 @@ LOWER_IS_BETTER = {"mse", "log_loss", "hamming_loss"}
 def _line(ax, df: pd.DataFrame, col: str, label: str | None = None, **kw) -> bool:
     if col in df and df[col].notna().any():
         d = df[["round", col]].dropna()
+        kw.setdefault("markevery", markevery(len(d)))
         ax.plot(d["round"], d[col], label=label or col, **kw)
         return True
     return False
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, fmt: str = "png") -> Path:
+    """Write a figure (``path``'s suffix is replaced by ``fmt``: png, pdf or svg) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, fmt)
 
 
-def plot_run(run_dir: str | Path, task: str | None = None) -> list[Path]:
-    """Write the standard PNG plots of a run; returns their paths."""
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    from raysim.config import ConfigError, read_toml
+
+    try:
+        return read_toml(run_dir / "config.toml")
+    except ConfigError:  # no or unreadable config.toml (a hand-made run directory): defaults apply
+        return {}
+
+
+def run_plot_format(run_dir: str | Path) -> str:
+    """``run.plot_format`` of a run directory's config.toml (png when it has none)."""
+    return str(_run_config(Path(run_dir)).get("run", {}).get("plot_format", "png"))
+
+
+def target_density(run_dir: Path, summary: dict[str, Any] | None = None) -> float | None:
+    """The density target rho of a run: ``algorithm.rho`` of its config, else m / p of its summary."""
+    rho = _run_config(run_dir).get("algorithm", {}).get("rho")
+    if rho is not None:
+        return float(rho)
+    summary = summary if summary is not None else _read_json(run_dir / "summary.json")
+    if summary.get("m") and summary.get("p"):
+        return float(summary["m"]) / float(summary["p"])
+    return None
+
+
+@styled
+def density_lambda_figure(df: pd.DataFrame, rho: float | None = None, prune_round: int | None = None):
+    """Expected density D(phi), deployed density, the target rho (horizontal line) and lambda on a
+    second axis, with ONE legend for all of them: the constraint binds where the expected density
+    sits on the rho line while lambda is positive. Returns the figure (not yet saved)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _line(ax, df, "expected_density", "expected density D(phi)", color=COLORS[0], marker="o")
+    _line(ax, df, "density", "deployed density", color=COLORS[2], ls="--", marker="s")
+    if rho is not None:
+        ax.axhline(rho, color="black", ls=":", lw=1.2, label=f"target rho = {rho:g}")
+    if prune_round is not None:
+        ax.axvline(prune_round, color="grey", ls=(0, (1, 3)), lw=1, label="prune_start")
+    ax.set_xlabel("round")
+    ax.set_ylabel("density (fraction of p)")
+    handles, labels = ax.get_legend_handles_labels()
+    if "lambda" in df and df["lambda"].notna().any():
+        ax2 = ax.twinx()
+        ax2.grid(False)
+        ax2.spines["right"].set_visible(True)
+        d = df[["round", "lambda"]].dropna()
+        ax2.plot(d["round"], d["lambda"], color=COLORS[1], ls="-.", marker="^", markevery=markevery(len(d)),
+                 label="lambda (dual, right axis)")
+        ax2.set_ylabel("lambda", color=COLORS[1])
+        ax2.tick_params(axis="y", colors=COLORS[1])
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    # one legend for both axes, below the plot so that it never covers a curve
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+    ax.set_title("Density constraint and dual variable")
+    return fig
+
+
+@styled
+def bytes_figure(df: pd.DataFrame):
+    """Cumulative uplink and downlink (MB): two styled lines with markers on a log scale, so
+    neither hides under the other. Returns the figure, or None without byte counters."""
+    cols = [(c, lab) for c, lab in (("cum_bytes_up", "uplink (clients to server)"),
+                                     ("cum_bytes_down", "downlink (server to clients)")) if c in df]
+    if not cols:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    # uplink wide and solid underneath, downlink narrow and dashed on top, markers interleaved:
+    # both stay visible where the two counts coincide
+    for i, ((c, lab), color, ls, mk, lw) in enumerate(zip(cols, (COLORS[0], COLORS[1]), ("-", "--"), ("o", "s"),
+                                                          (3.0, 1.4))):
+        d = df[["round", c]].dropna()
+        k = markevery(len(d))
+        ax.plot(d["round"], d[c] / 1e6, label=lab, color=color, ls=ls, lw=lw, marker=mk,
+                markevery=(i * (k // 2), k), zorder=2 + i)
+    if all(df[c].gt(0).any() for c, _ in cols):
+        ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative MB (log scale)" if ax.get_yscale() == "log" else "cumulative MB")
+    ax.legend(loc="best")
+    title = "Communication"
+    if len(cols) == 2:
+        up, down = (float(df[c].dropna().iloc[-1]) if df[c].notna().any() else 0.0 for c, _ in cols)
+        if down > 0:
+            title += f" (final uplink / downlink = {up / down:.3g})"
+    ax.set_title(title)
+    return fig
+
+
+@styled
+def plot_run(run_dir: str | Path, task: str | None = None, fmt: str | None = None) -> list[Path]:
+    """Write the standard plots of a run in ``fmt`` (default: the run's ``run.plot_format``)."""
     run_dir = Path(run_dir)
     df = pd.read_csv(run_dir / "metrics.csv")
+    summary = _read_json(run_dir / "summary.json")
     if task is None:
-        summary = _read_json(run_dir / "summary.json")
         task = summary.get("task", "lr")
+    fmt = check_format(fmt or run_plot_format(run_dir), "run.plot_format")
     out: list[Path] = []
-    prune_round = _read_json(run_dir / "summary.json").get("prune_start_round")
+    prune_round = summary.get("prune_start_round")
 
     def mark(ax):
         if prune_round is not None:
-            ax.axvline(prune_round, color="grey", ls=":", lw=1, label="prune_start")
+            ax.axvline(prune_round, color="grey", ls=(0, (1, 3)), lw=1, label="prune_start")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    _line(ax, df, "density", "density (deployed)")
-    _line(ax, df, "expected_density", "expected density D(phi)")
-    if "m" in df and "p" in df:
-        pass
-    ax.set_xlabel("round")
-    ax.set_ylabel("density")
-    mark(ax)
-    if "lambda" in df and df["lambda"].notna().any():
-        ax2 = ax.twinx()
-        d = df[["round", "lambda"]].dropna()
-        ax2.plot(d["round"], d["lambda"], color="tab:red", alpha=0.6, label="lambda")
-        ax2.set_ylabel("lambda", color="tab:red")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title("Density and dual variable")
-    out.append(_save(fig, run_dir / "density_lambda.png"))
+    fig = density_lambda_figure(df, target_density(run_dir, summary), prune_round)
+    out.append(_save(fig, run_dir / "density_lambda.png", fmt))
 
     metric = TEST_METRIC.get(task, "accuracy")
     fig, ax = plt.subplots(figsize=(6, 4))
-    _line(ax, df, metric, f"test {metric}")
-    _line(ax, df, "fair_mean", f"client mean {metric}", ls="--")
-    _line(ax, df, "fair_worst5", "worst 5% clients", ls=":")
+    _line(ax, df, metric, f"test {metric}", color=COLORS[0], marker="o")
+    _line(ax, df, "fair_mean", f"client mean {metric}", color=COLORS[2], ls="--", marker="s")
+    _line(ax, df, "fair_worst5", "worst 5% clients", color=COLORS[1], ls=":", marker="v")
     ax.set_xlabel("round")
     ax.set_ylabel(metric)
     mark(ax)
-    ax.legend(fontsize=8)
+    ax.legend(loc="best")
     ax.set_title(f"Test {metric} of the deployed model")
-    out.append(_save(fig, run_dir / f"test_{metric}.png"))
+    out.append(_save(fig, run_dir / f"test_{metric}.png", fmt))
 
     if "tdr" in df:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for c in ("tdr", "tpr", "f1"):
-            _line(ax, df, c, c.upper() if c != "f1" else "support F1")
+        for (c, lab), color, ls, mk in zip((("tdr", "TDR"), ("tpr", "TPR"), ("f1", "support F1")),
+                                           COLORS, LINESTYLES, MARKERS):
+            _line(ax, df, c, lab, color=color, ls=ls, marker=mk)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("round")
+        ax.set_ylabel("support recovery (rate)")
         mark(ax)
-        ax.legend(fontsize=8)
+        ax.legend(loc="best")
         ax.set_title("Support recovery")
-        out.append(_save(fig, run_dir / "support.png"))
+        out.append(_save(fig, run_dir / "support.png", fmt))
 
     if "soft_iou" in df and df["soft_iou"].notna().any():
         fig, ax = plt.subplots(figsize=(6, 4))
-        _line(ax, df, "soft_iou", "soft IoU (pi, round to round)")
+        _line(ax, df, "soft_iou", "soft IoU (pi, round to round)", color=COLORS[0], marker="o")
         ax.set_xlabel("round")
+        ax.set_ylabel("soft IoU of consecutive supports")
         mark(ax)
-        ax.legend(fontsize=8)
+        ax.legend(loc="best")
         ax.set_title("Support stability")
-        out.append(_save(fig, run_dir / "soft_iou.png"))
+        out.append(_save(fig, run_dir / "soft_iou.png", fmt))
 
-    if "cum_bytes_up" in df:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for c, lab in (("cum_bytes_up", "uplink"), ("cum_bytes_down", "downlink")):
-            if c in df:
-                ax.plot(df["round"], df[c] / 1e6, label=lab)
-        ax.set_xlabel("round")
-        ax.set_ylabel("cumulative MB")
-        ax.legend(fontsize=8)
-        ax.set_title("Communication")
-        out.append(_save(fig, run_dir / "bytes.png"))
+    fig = bytes_figure(df)
+    if fig is not None:
+        out.append(_save(fig, run_dir / "bytes.png", fmt))
 
-    label_plot = plot_label_heatmap(run_dir)
+    label_plot = plot_label_heatmap(run_dir, fmt)
     if label_plot is not None:
         out.append(label_plot)
     return out
 
 
-def plot_label_heatmap(run_dir: str | Path) -> Path | None:
+@styled
+def plot_label_heatmap(run_dir: str | Path, fmt: str | None = None) -> Path | None:
     """clients x labels heatmap of the partition (federation.json ``label_counts``), if any.
 
     Each row is a client's label distribution (share of its training samples per label);
@@ -145,7 +220,7 @@ def plot_label_heatmap(run_dir: str | Path) -> Path | None:
     part = fed.get("partition", "")
     extra = f" alpha={fed['alpha']:g}" if "alpha" in fed else ""
     fig.suptitle(f"{fed.get('dataset', '')} {part}{extra}: {', '.join(stats)}", fontsize=10)
-    return _save(fig, run_dir / "label_heatmap.png")
+    return _save(fig, run_dir / "label_heatmap.png", fmt or run_plot_format(run_dir))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

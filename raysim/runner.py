@@ -175,22 +175,41 @@ class _Progress:
         self._last_plain = -1.0
         if enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress
 
             self.console = Console(stderr=True)
             if self.console.is_terminal:
-                self._bar = Progress(TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(),
-                                     TimeElapsedColumn(), TextColumn("{task.description}"),
-                                     console=self.console, transient=False)
+                self._bar = Progress(*self.columns(), console=self.console, transient=False)
                 self._task = self._bar.add_task("", total=total)
                 self._bar.start()
 
+    @staticmethod
+    def columns() -> tuple[Any, ...]:
+        """round M/N, a short bar, elapsed time and the metrics (:meth:`text`): fits 80 columns."""
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        return (TextColumn("[bold]round"), MofNCompleteColumn(), BarColumn(bar_width=12), TimeElapsedColumn(),
+                TextColumn("{task.description}"))
+
+    #: live metrics with short names; the line after "round M/N bar time" fits 80 columns
+    SHORT = {"density": "dens", "lambda": "lam", "tdr": "tdr", "soft_iou": "iou", "accuracy": "acc",
+             "micro_f1": "mf1"}
+    WIDTH = 44
+
     def text(self, row: dict[str, Any]) -> str:
+        """The live metrics in at most :attr:`WIDTH` characters (the least important dropped first)."""
         parts = []
-        for k in ("density", "lambda", "tdr", self.metric, "soft_iou"):
+        for k in ("density", "lambda", self.metric, "tdr", "soft_iou"):
             v = row.get(k)
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                continue
+            name = self.SHORT.get(k, k[:4])
+            if isinstance(v, (int, float)):
+                parts.append(f"{name} {v:.3f}" if abs(v) < 10 else f"{name} {v:.3g}")
+            else:
+                parts.append(f"{name} {str(v)[:8]}")
+        while parts and len(" ".join(parts)) > self.WIDTH:
+            parts.pop()
         return " ".join(parts)
 
     def update(self, rnd: int, row: dict[str, Any]) -> None:

@@ -56,7 +56,7 @@ from raysim.cli import command
 from raysim.config import Config, ConfigError, _deep_merge, read_toml, set_dotted, validate
 
 #: settings of a cell that do not change its results (ignored when deciding to resume)
-_RUN_IGNORED = ("run_dir", "out_dir", "name", "progress", "plots", "checkpoint_every")
+_RUN_IGNORED = ("run_dir", "out_dir", "name", "progress", "plots", "plot_format", "checkpoint_every")
 
 _STRESS_KEYS = {"name", "base", "out_dir", "algorithms", "seeds", "metric", "diff", "max_parallel", "axes"}
 
@@ -278,19 +278,38 @@ def default_metric(grid: Grid, df: pd.DataFrame) -> str:
     return m
 
 
-def _pivot(df: pd.DataFrame, axes: list[str], metric: str) -> pd.DataFrame:
-    """Mean of ``metric`` over seeds (and axes beyond the first two): rows axis 0, columns axis 1."""
+def _per_seed(df: pd.DataFrame, axes: list[str], metric: str) -> pd.Series:
+    """``metric`` per (axis 0, axis 1, seed), averaged over any further axes."""
     d = df.copy()
     d[metric] = pd.to_numeric(d[metric], errors="coerce")
     if len(axes) == 1:
         d["_"] = ""
         axes = [axes[0], "_"]
-    p = d.pivot_table(index=axes[0], columns=axes[1], values=metric, aggfunc="mean", dropna=False)
-    return p
+    return d.groupby([axes[0], axes[1], "seed"], dropna=False)[metric].mean()
+
+
+def _pivot(df: pd.DataFrame, axes: list[str], metric: str) -> pd.DataFrame:
+    """Mean of ``metric`` over seeds (and axes beyond the first two): rows axis 0, columns axis 1."""
+    return _spread(_per_seed(df, axes, metric))[0]
+
+
+def _spread(per_seed: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(mean, standard deviation, number of seeds) over seeds as axis-0 x axis-1 tables."""
+    g = per_seed.groupby(level=[0, 1])
+    mean, std, n = (x.unstack(1) for x in (g.mean(), g.std(ddof=1), g.count()))
+    return mean, std.reindex_like(mean), n.reindex_like(mean)
+
+
+def _decimals(vals: np.ndarray) -> int:
+    """One number format per figure: decimals from the largest magnitude (3 significant digits)."""
+    finite = np.abs(vals[np.isfinite(vals)])
+    if finite.size == 0 or finite.max() == 0:
+        return 3
+    return int(min(4, max(0, 2 - math.floor(math.log10(finite.max())))))
 
 
 def _notes(df: pd.DataFrame, axes: list[str]) -> dict[tuple[Any, Any], str]:
-    """Heatmap cells whose runs did not all end ok: (axis-0 value, axis-1 value) -> outcome names."""
+    """Heatmap cells with runs that did not end ok: (axis-0 value, axis-1 value) -> outcome names."""
     out: dict[tuple[Any, Any], str] = {}
     if "outcome" not in df:
         return out
@@ -302,81 +321,109 @@ def _notes(df: pd.DataFrame, axes: list[str]) -> dict[tuple[Any, Any], str]:
     return out
 
 
-def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False,
-          notes: dict[tuple[Any, Any], str] | None = None) -> Any:
+def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False, std: pd.DataFrame | None = None,
+          nd: int | None = None, notes: dict[tuple[Any, Any], str] | None = None) -> Any:
+    """A heatmap of ``p`` whose cells read ``mean ± std`` (over seeds) in black or white by the
+    luminance of the cell colour, all cells in the same number format (``nd`` decimals)."""
+    from raysim.plotstyle import text_color
+
     vals = p.to_numpy(dtype=float)
     if diverging:
         lim = np.nanmax(np.abs(vals)) if np.isfinite(vals).any() else 1.0
         im = ax.imshow(vals, cmap="RdBu_r", vmin=-lim or -1, vmax=lim or 1, aspect="auto", origin="lower")
     else:
         im = ax.imshow(vals, cmap="viridis", aspect="auto", origin="lower")
+    ax.grid(False)
     ax.set_xticks(range(p.shape[1]))
     ax.set_xticklabels([_fmt(c) for c in p.columns], fontsize=8)
     ax.set_yticks(range(p.shape[0]))
     ax.set_yticklabels([_fmt(i) for i in p.index], fontsize=8)
     ax.set_xlabel(str(p.columns.name) if p.columns.name != "_" else "")
     ax.set_ylabel(str(p.index.name))
-    lo, hi = im.get_clim()
+    nd = _decimals(vals) if nd is None else nd
+    sd = std.to_numpy(dtype=float) if std is not None else None
     for i in range(vals.shape[0]):
         for j in range(vals.shape[1]):
             note = (notes or {}).get((p.index[i], p.columns[j]))
             if np.isfinite(vals[i, j]):
-                light = diverging or vals[i, j] > lo + 0.6 * (hi - lo)   # dark text on the light colours
-                ax.text(j, i, f"{vals[i, j]:.3g}" + (f"\n({note})" if note else ""), ha="center", va="center",
-                        fontsize=8, color="black" if light else "white")
+                txt = f"{vals[i, j]:.{nd}f}"
+                if sd is not None and np.isfinite(sd[i, j]):
+                    txt += f"\n± {sd[i, j]:.{nd}f}"
+                if note:
+                    txt += f"\n({note})"
+                ax.text(j, i, txt, ha="center", va="center", fontsize=7.5,
+                        color=text_color(im.cmap(im.norm(vals[i, j]))))
             elif note:      # no ok run in this cell: its outcome, not a number
-                ax.text(j, i, note, ha="center", va="center", fontsize=8, color="red")
+                ax.text(j, i, note, ha="center", va="center", fontsize=7.5, color="red")
     ax.set_title(title, fontsize=9)
     return im
 
 
-def write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str) -> list[Path]:
-    """One heatmap per algorithm, one for the difference of ``grid.diff``, and all panels in one figure."""
-    import matplotlib
+def write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str, fmt: str | None = None) -> list[Path]:
+    """One heatmap per algorithm, one for the difference of ``grid.diff``, and all panels in one figure.
 
-    matplotlib.use("Agg")
+    Cells show the mean ± standard deviation over seeds (the difference is taken per seed, so its
+    spread is that of the paired difference); the colorbar is labelled with the metric."""
+    from raysim.plotstyle import style
+
+    fmt = fmt or (grid.cells[0].cfg.run.plot_format if grid.cells else "png")
+    with style():
+        return _write_heatmaps(grid, df, metric, fmt)
+
+
+def _write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str, fmt: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
+    from raysim.plotstyle import save
+
     finished = df[df["status"].isin(["done", "ran"])]
-    ok = finished[finished["outcome"] == "ok"] if "outcome" in finished else finished
     if metric not in finished.columns or finished.empty:
         return []
+    if "outcome" in finished:   # a diverged / empty / no-participation run is not a number: masked, noted
+        finished = finished.assign(**{metric: pd.to_numeric(finished[metric], errors="coerce")
+                                      .where(finished["outcome"] == "ok")})
     axes = list(grid.axes)
-    more = f" (mean over seeds{' and ' + ', '.join(axes[2:]) if len(axes) > 2 else ''})"
-    panels: list[tuple[str, pd.DataFrame, bool, Any]] = []
+    seeds = sorted(finished["seed"].unique())
+    notes: dict[str, dict[tuple[Any, Any], str]] = {}
+    more = (f" (mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+            f"{'; mean over ' + ', '.join(axes[2:]) if len(axes) > 2 else ''})")
+    panels: list[tuple[str, pd.DataFrame, pd.DataFrame, bool, str]] = []
+    per_seed: dict[str, pd.Series] = {}
     for label in grid.algorithms:
         sub = finished[finished["algorithm"] == label]
         if not sub.empty:
-            pv = _pivot(sub.assign(**{metric: sub[metric].where(sub.get("outcome", "ok") == "ok")}), axes, metric)
-            panels.append((f"{label}: {metric}", pv, False, _notes(sub, axes)))
+            per_seed[label] = _per_seed(sub, axes, metric)
+            mean, std, _ = _spread(per_seed[label])
+            panels.append((f"{label}: {metric}", mean, std, False, metric))
+            notes[f"{label}: {metric}"] = _notes(sub, axes)
     if grid.diff is not None:
         a, b = grid.diff
-        pa, pb = (_pivot(ok[ok["algorithm"] == x], axes, metric) if (ok["algorithm"] == x).any() else None
-                  for x in (a, b))
-        if pa is not None and pb is not None:
-            panels.append((f"{a} - {b}: {metric}", pa.subtract(pb), True, None))
+        if a in per_seed and b in per_seed:
+            d = (per_seed[a] - per_seed[b]).dropna()   # paired by seed
+            if len(d):
+                mean, std, _ = _spread(d)
+                panels.append((f"{a} - {b}: {metric}", mean, std, True, f"{metric} difference ({a} - {b})"))
+    # one number format for every panel of a metric (differences get their own)
+    nd_abs = _decimals(np.concatenate([p.to_numpy(dtype=float).ravel() for _, p, _, div, _ in panels if not div])
+                       if any(not x[3] for x in panels) else np.array([]))
     paths = []
-    for title, p, div, notes in panels:
-        fig, ax = plt.subplots(figsize=(1.2 * p.shape[1] + 2.5, 0.8 * p.shape[0] + 2))
-        im = _draw(ax, p, title + more, div, notes)
-        fig.colorbar(im, ax=ax)
+    for title, p, sd, div, cbar in panels:
+        nd = _decimals(p.to_numpy(dtype=float)) if div else nd_abs
+        fig, ax = plt.subplots(figsize=(1.3 * p.shape[1] + 2.8, 0.8 * p.shape[0] + 2))
+        im = _draw(ax, p, title + more, div, sd, nd, notes.get(title))
+        fig.colorbar(im, ax=ax, label=cbar)
         fig.tight_layout()
         label = title.split(":")[0].replace(" - ", "-minus-")
-        path = grid.out_dir / f"heatmap_{_slug(metric)}_{_slug(label)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, grid.out_dir / f"heatmap_{_slug(metric)}_{_slug(label)}.png", fmt))
     if panels:
-        fig, axs = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-        for ax, (title, p, div, notes) in zip(axs[0], panels):
-            im = _draw(ax, p, title, div, notes)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+        fig, axs = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.9), squeeze=False)
+        for ax, (title, p, sd, div, cbar) in zip(axs[0], panels):
+            nd = _decimals(p.to_numpy(dtype=float)) if div else nd_abs
+            im = _draw(ax, p, title, div, sd, nd, notes.get(title))
+            fig.colorbar(im, ax=ax, fraction=0.046, label=cbar)
         fig.suptitle(f"{grid.name}: {metric}{more}", fontsize=10)
         fig.tight_layout()
-        path = grid.out_dir / f"heatmaps_{_slug(metric)}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, grid.out_dir / f"heatmaps_{_slug(metric)}.png", fmt))
     return paths
 
 
@@ -450,11 +497,14 @@ def _stress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
     p.add_argument("--report", action="store_true", help="only rewrite results.csv and the heatmaps from the cells")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
+                   help="file format of the heatmaps (default: run.plot_format of the grid file)")
 
 
 @command("stress", "sweep scenario knobs x algorithms x seeds on Ray; table and heatmaps (resumable)")(_stress_args)
 def cmd_stress(args: argparse.Namespace) -> int:
-    grid = load_grid(args.grid, args.overrides, args.out)
+    overrides = list(args.overrides) + ([f"run.plot_format='{args.plot_format}'"] if args.plot_format else [])
+    grid = load_grid(args.grid, overrides, args.out)
     if args.dry_run:
         for c in grid.cells:
             print(f"{'done' if cell_done(c) else 'todo'}  {c.algorithm:<14} seed={c.seed}  "

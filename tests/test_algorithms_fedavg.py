@@ -34,7 +34,7 @@ def test_fedavg_one_full_batch_step_is_one_centralised_gradient_step(task):
     """Full participation, E = 1, b >= n_k: the weighted average of the client models equals
     one gradient step on the pooled data (unequal n_k, weights n_k / sum n)."""
     cfg = cfg_of(f"data.task='{task}'", "algorithm.name='fedavg'", "participation.rate=1.0", "data.sigma_q=0.6",
-                 "algorithm.batch_size=1000", "algorithm.eta_theta=0.3", "data.n_classes=3", "data.n_labels=4")
+                 "algorithm.batch_size=1000", "algorithm.eta_local=0.3", "data.n_classes=3", "data.n_labels=4")
     core, x, y = _pooled(cfg)
     # a non-zero start so that every term of the gradient matters
     theta0 = 0.1 * torch.randn(core.comp.model.P, generator=torch.Generator().manual_seed(1))

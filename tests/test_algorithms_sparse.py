@@ -124,7 +124,7 @@ def test_fed_ht_is_h_m_of_the_fedavg_average_and_fediter_thresholds_each_local_s
     expected[:p] = hard_threshold(expected[:p], m)
     torch.testing.assert_close(ht.state["theta"], expected)
     # FedIter-HT: an independent loop over one client's local steps with H_m after each
-    cfg = cfg_of("algorithm.name='fediter-ht'", *common, "algorithm.eta_theta=0.05")
+    cfg = cfg_of("algorithm.name='fediter-ht'", *common, "algorithm.eta_local=0.05")
     core = ServerCore(cfg)
     cohort = ClientCohort(cfg, np.array([3]))
     algo = core.comp.algo

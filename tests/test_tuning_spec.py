@@ -129,9 +129,17 @@ def test_shipped_studies_are_valid(path):
     spec = load_spec(path)
     cfg, problems = check_spec(spec)
     assert not problems
-    assert cfg.data.n_clients >= 2000
-    assert cfg.data.h_coef > 0 and cfg.data.h_cov > 0 and cfg.data.sigma_q > 0
     assert cfg.data.val_samples > 0 and not math.isnan(cfg.algorithm.rho)
+    if path.name.startswith(("defaults-", "scenario-")):
+        # the defaults studies tune a shipped scenario (defaults-<task>: the one of their task), in process
+        assert spec.scenario.config.startswith("datasets/synthetic-") and Path(spec.scenario.config).exists()
+        if path.name.startswith("defaults-"):
+            assert spec.scenario.config == f"datasets/synthetic-{path.stem.split('-')[1]}.toml"
+        assert cfg.cluster.backend == "local"
+    else:
+        # the research studies run over thousands of heterogeneous clients
+        assert cfg.data.n_clients >= 2000
+        assert cfg.data.h_coef > 0 and cfg.data.h_cov > 0 and cfg.data.sigma_q > 0
 
 
 def test_validation_split_is_separate_from_the_test_set():

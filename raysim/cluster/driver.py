@@ -23,6 +23,7 @@ from raysim.config import Config, ConfigError
 from raysim.data.participation import build_participation
 from raysim.data.real import preflight
 from raysim.engine import fairness_from_scores
+from raysim.quiet import quiet_local_ray
 
 
 def assign_clients(n_clients: int, n_actors: int, work: np.ndarray | None = None) -> list[np.ndarray]:
@@ -50,6 +51,7 @@ def init_ray(cfg: Config) -> bool:
     else:
         need = cfg.cluster.server_num_cpus + cfg.n_actors() * cfg.cluster.num_cpus
         # Logical CPUs: a local simulation may oversubscribe the cores (actors mostly wait).
+        quiet_local_ray()
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, **kwargs)
     return True
 

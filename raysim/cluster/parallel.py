@@ -75,6 +75,9 @@ def init_ray_for(cfgs: Sequence[Config], max_parallel: int | None = None) -> boo
     else:
         per_run = max((run_cpus(c) for c in cfgs), default=1.0)
         k = max_parallel or 1
+        from raysim.quiet import quiet_local_ray
+
+        quiet_local_ray()
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(per_run * k)), include_dashboard=False, **kw)
     return True
 

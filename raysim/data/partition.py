@@ -177,7 +177,32 @@ def make_partition(cfg: Any, labels: np.ndarray, n_clients: int, seed: int) -> l
         return partition_dirichlet(labels, n_clients, seed, cfg.alpha, cfg.min_samples)
     if kind == "shards":
         return partition_shards(labels, n_clients, seed, cfg.shards_per_client)
-    raise ConfigError(f"partition.kind = {kind!r} is not supported (iid, dirichlet, shards, quantity)")
+    if kind == "natural":
+        raise ConfigError("partition.kind = 'natural' splits by the dataset's own key (data.dataset = 'guimmun': "
+                          "one community per client); it needs such a dataset")
+    raise ConfigError(f"partition.kind = {kind!r} is not supported (iid, dirichlet, shards, quantity, natural)")
+
+
+def partition_natural(groups: np.ndarray, n_clients: int, seed: int, min_samples: int = 2,
+                      what: str = "group") -> list[np.ndarray]:
+    """A natural partition: every client holds whole groups (e.g. one community each).
+
+    ``groups`` is the natural key of every pool sample. Groups with fewer than ``min_samples``
+    samples are left out; the others are shuffled (seeded) and dealt to the clients in turn, so
+    with ``n_clients`` equal to the number of groups each client is exactly one group.
+    """
+    whats = what[:-1] + "ies" if what.endswith("y") else what + "s"
+    keys, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    keep = np.flatnonzero(counts >= min_samples)
+    if n_clients > keep.size:
+        raise ConfigError(f"partition.kind = 'natural': the data has {keep.size} {whats} with at least "
+                          f"partition.min_samples = {min_samples} training samples ({keys.size} in all); "
+                          f"set data.n_clients <= {keep.size} (each client holds whole {whats})")
+    order = rngmod.generator(seed, "partition-natural").permutation(keep)
+    owner = np.full(keys.size, -1, dtype=np.int64)
+    owner[order] = np.arange(order.size) % n_clients
+    sample_owner = owner[inv]
+    return [np.flatnonzero(sample_owner == k) for k in range(n_clients)]
 
 
 # ---- heterogeneity statistics ------------------------------------------------------------------

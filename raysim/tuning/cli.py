@@ -1,8 +1,9 @@
 """``raysim tune`` and ``raysim tune-report`` (registered through ``raysim.cli.PLUGINS``).
 
     raysim tune tuning/STUDY.toml [--n-trials N] [--timeout S] [--parallel K] [--storage URL]
-                                  [--out DIR] [--set KEY=VALUE ...] [--check]
-    raysim tune-report STUDY_DIR [--storage URL]
+                                  [--out DIR] [--set KEY=VALUE ...] [--check | --dry-run]
+                                  [--no-progress] [--plot-format png|pdf|svg]
+    raysim tune-report STUDY_DIR [--storage URL] [--plot-format png|pdf|svg]
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="study folder (default <study.out_dir>/<study.name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fix a config key for every trial, on top of [fixed] (repeatable)")
-    p.add_argument("--check", action="store_true", help="validate the study file and print the space; run nothing")
+    p.add_argument("--check", "--dry-run", dest="check", action="store_true",
+                   help="validate the study file, print the space and how many trials would run where; "
+                        "start nothing (no Ray), exit 0")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-trial lines")
+    p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
+                   help="file format of the report's plots (sets run.plot_format for every trial)")
 
 
 @command("tune", "run (or resume) an Optuna study whose trials are raysim runs")(_tune_args)
@@ -38,6 +43,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise ConfigError(f"{name} = {val}: must be at least 1")
     spec = load_spec(args.study)
     overrides = {".".join(k): v for k, v in (parse_override(o) for o in args.overrides)}
+    if args.plot_format:
+        overrides["run.plot_format"] = args.plot_format
     if args.check:
         from raysim.tuning.space import check_spec
 
@@ -52,6 +59,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"algorithm {cfg.algorithm.name}")
         for w in problems:
             print(f"  warning: {w}")
+        print(_dry_run_plan(spec, args))
         return 0
     from raysim.tuning.study import run_study
 
@@ -78,6 +86,30 @@ def _exit_code(study) -> int:
     return EXIT_ALL_FAILED
 
 
+def _dry_run_plan(spec, args: argparse.Namespace) -> str:
+    """Where the study would be stored and how many new trials would run (reads the storage
+    if it exists; starts no Ray)."""
+    from pathlib import Path
+
+    from raysim.tuning.study import FINISHED, open_storage, storage_location, study_dir_for
+
+    study_dir = study_dir_for(spec, args.out)
+    location = storage_location(spec, study_dir, args.storage)
+    total = args.n_trials or spec.study.n_trials
+    done = 0
+    if "://" in location or Path(location).exists():
+        import optuna
+
+        try:
+            st = optuna.load_study(study_name=spec.study.name, storage=open_storage(location))
+            done = len(st.get_trials(deepcopy=False, states=FINISHED))
+        except KeyError:   # the storage holds no study of that name yet
+            done = 0
+    return (f"would run {max(total - done, 0)} new trial(s) ({done} of {total} already finished), "
+            f"{args.parallel or spec.study.parallel} at a time\n"
+            f"  storage: {location}\n  study folder: {study_dir}\ndry run: nothing started")
+
+
 def _print_summary(summary: dict, study_dir) -> None:
     from rich.console import Console
 
@@ -98,6 +130,8 @@ def _print_summary(summary: dict, study_dir) -> None:
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study_dir", help="a study folder written by `raysim tune` (holds study.json)")
     p.add_argument("--storage", help="storage URL or journal path (default: the one in study.json)")
+    p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
+                   help="file format of the plots (default: run.plot_format of the study's trials)")
 
 
 @command("tune-report", "write the report of a study folder (tables, importances, plots, best config)")(_report_args)
@@ -108,6 +142,6 @@ def cmd_tune_report(args: argparse.Namespace) -> int:
     from raysim.tuning.study import load_from_dir
 
     study = load_from_dir(args.study_dir, args.storage)
-    summary = write_report(study, args.study_dir)
+    summary = write_report(study, args.study_dir, fmt=args.plot_format)
     _print_summary(summary, Path(args.study_dir))
     return 0

@@ -44,6 +44,36 @@ def constraint_values(final: dict[str, Any], p: int, target: float) -> tuple[lis
                   "feasible": all(c <= 0 for c in cons)}
 
 
+#: names of the two constraint values (``Trial.set_constraint`` keys on Optuna >= 5)
+CONSTRAINT_NAMES = ("nnz_over_m", "density_over_target")
+#: the trial system attribute optuna-dashboard reads constraints from (a list; optuna-dashboard
+#: 0.21 ``_serializer.py``: ``trial_system_attrs.get("constraints", [])``)
+DASHBOARD_CONSTRAINTS_KEY = "constraints"
+
+
+def record_constraints(trial: optuna.Trial, cons: Sequence[float]) -> None:
+    """Store a finished trial's constraint values where every reader finds them.
+
+    * the ``constraints`` user attribute (raysim's own feasibility, ``constraints_func``);
+    * Optuna >= 5: ``Trial.set_constraint`` per named constraint (system attributes
+      ``constraints:<name>``, read by the samplers and optuna.visualization);
+    * the ``constraints`` system attribute as a list, the old Optuna format that
+      optuna-dashboard reads (it does not read the ``constraints:<name>`` keys). Optuna 5 reads
+      both formats, so its ``FrozenTrial.constraints`` lists each value twice (under ``0``, ``1``
+      and under the names): feasibility is unchanged and the samplers' total violation is
+      doubled for every trial alike, which keeps their ordering.
+    """
+    cons = [float(c) for c in cons]
+    trial.set_user_attr(CONSTRAINTS_ATTR, cons)
+    if hasattr(trial, "set_constraint"):
+        for name, v in zip(CONSTRAINT_NAMES, cons):
+            trial.set_constraint(name, v)
+    storage = getattr(trial, "storage", None)
+    trial_id = getattr(trial, "_trial_id", None)
+    if storage is not None and trial_id is not None:   # a real Trial (not a FixedTrial)
+        storage.set_trial_system_attr(trial_id, DASHBOARD_CONSTRAINTS_KEY, cons)
+
+
 def constraints_func(trial: FrozenTrial) -> Sequence[float]:
     """Optuna ``constraints_func``: read from the trial's user attributes. A trial with no
     recorded constraints (pruned or failed before the end) counts as feasible for the sampler

@@ -1,15 +1,21 @@
 """Study reports: tables, importances, plots and the best configuration as a runnable TOML.
 
-``<study_dir>/report/`` holds::
+``<study_dir>/report/`` holds (plots in ``run.plot_format`` of the study's trials, or the
+``--plot-format`` of ``raysim tune-report``; drawn by ``optuna.visualization.matplotlib``)::
 
     trials.csv            every trial: state, objective(s), parameters, feasibility, error
     best_trials.csv/.md   feasible trials best first (one objective) or the Pareto front (several)
-    importances.csv/.png  parameter importances (fANOVA) per objective
-    history.png           objective per trial, best feasible so far, infeasible/pruned marked
+    importances.csv/.png  parameter importances (fANOVA) per objective, only from
+                          MIN_IMPORTANCE_TRIALS complete trials on (report.md says why not)
+    history.png           objective per trial (integer trial ticks), best feasible so far,
+                          infeasible greyed by Optuna, pruned/failed trials marked
     intermediate.png      per-round intermediate values (what the pruner saw)
+    slice.png, contour.png, parallel_coordinate.png
+                          objective against each parameter, parameter pairs, all parameters
     pareto_front.png      several objectives: all trials and the feasible Pareto front
     best_config.toml      the best feasible trial's config; `raysim run best_config.toml` repeats it
-    report.md             summary: counts by state, best trial, wall time and trials per hour
+    report.md             summary: counts by state, best trial, wall time and trials per hour,
+                          and the plots left out with the reason
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from raysim.config import validate  # noqa: E402
 from raysim.tuning.objectives import best_trials, is_feasible  # noqa: E402
-from raysim.report import _save
+from raysim.plotstyle import check_format, save, style  # noqa: E402
+
+#: fANOVA importances are drawn only from this many complete trials on: below it, a random
+#: forest on a handful of points ranks parameters by noise
+MIN_IMPORTANCE_TRIALS = 10
+#: contour plots: at most this many parameters (the most important ones), n * (n - 1) panels
+MAX_CONTOUR_PARAMS = 4
 
 
 def _metric_names(study: optuna.Study) -> list[str]:
@@ -95,9 +107,20 @@ def best_config(trial: FrozenTrial, name: str) -> dict[str, Any]:
     return cfg
 
 
-def write_report(study: optuna.Study, study_dir: str | Path, session: dict[str, Any] | None = None) -> dict[str, Any]:
+def report_format(study: optuna.Study) -> str:
+    """``run.plot_format`` of the study's trials (their recorded configs), png when none says."""
+    for t in study.get_trials(deepcopy=False):
+        fmt = (t.user_attrs.get("config") or {}).get("run", {}).get("plot_format")
+        if fmt:
+            return str(fmt)
+    return "png"
+
+
+def write_report(study: optuna.Study, study_dir: str | Path, session: dict[str, Any] | None = None,
+                 fmt: str | None = None) -> dict[str, Any]:
     """Write ``<study_dir>/report/`` (see the module docstring); returns a summary dict."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    fmt = check_format(fmt or report_format(study))
     out = Path(study_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     names = _metric_names(study)
@@ -116,14 +139,13 @@ def write_report(study: optuna.Study, study_dir: str | Path, session: dict[str, 
                                               and best_df[c].notna().any())]
     best_md = best_df[varying]
     (out / "best_trials.md").write_text(_markdown(best_md))
-    importances = _importances(study, names, out)
-    plots = [_history(study, names, out)]
-    if not multi:
-        p = _intermediate(study, names[0], out)
-        if p:
-            plots.append(p)
-    else:
-        plots.append(_pareto(study, names, out))
+    skipped: dict[str, str] = {}
+    with style(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        importances = _importances(study, names, out, fmt, skipped)
+        plots = _optuna_plots(study, names, out, fmt, skipped, importances)
+        if importances is not None:
+            plots += sorted(out.glob(f"importances*.{fmt}"))
     exported = []
     if best:
         cfg = best_config(best[0], f"{study.study_name}-best")
@@ -135,6 +157,8 @@ def write_report(study: optuna.Study, study_dir: str | Path, session: dict[str, 
                 (out / "pareto_configs" / f"trial-{t.number:05d}.toml").write_text(
                     tomli_w.dumps(best_config(t, f"{study.study_name}-trial-{t.number}")))
     summary = _summary(study, df, best, names, session or {})
+    summary["plots"] = [p.name for p in plots]
+    summary["skipped_plots"] = skipped
     summary["files"] = sorted(p.name for p in out.iterdir())
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "report.md").write_text(_report_md(study, summary, best_md, importances, names))
@@ -190,119 +214,201 @@ def _report_md(study: optuna.Study, s: dict[str, Any], best_df: pd.DataFrame, im
     if imp is not None and len(imp):
         lines += ["## Parameter importances (fANOVA)", "", _markdown(imp)]
     lines += ["## Plots", ""]
-    for f in ("history.png", "intermediate.png", "pareto_front.png", "importances.png"):
-        if f in s.get("files", ()):
-            lines.append(f"![{f}]({f})")
+    for f in s.get("plots", ()):
+        lines.append(f"![{f}]({f})")
+    if s.get("skipped_plots"):
+        lines += ["", "Not drawn:", ""]
+        lines += [f"- {k}: {v}" for k, v in s["skipped_plots"].items()]
     return "\n".join(lines) + "\n"
 
 
-def _importances(study: optuna.Study, names: list[str], out: Path) -> pd.DataFrame | None:
-    rows = []
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if len(complete) < 2:
+def _complete(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+
+
+def _target(i: int):
+    return lambda t: t.values[i]
+
+
+def _fig(ax: Any):
+    """The figure of what an optuna.visualization.matplotlib function returned (Axes or array)."""
+    import numpy as np
+
+    first = np.asarray(ax, dtype=object).ravel()[0] if not hasattr(ax, "figure") else ax
+    return first.figure
+
+
+def _tidy(ax: Any) -> None:
+    """Optuna draws in its own (ggplot) style; bring titles and labels to raysim's sizes."""
+    import numpy as np
+
+    for a in np.asarray(ax, dtype=object).ravel() if not hasattr(ax, "figure") else [ax]:
+        a.title.set_fontsize(10)
+        a.xaxis.label.set_fontsize(9)
+        a.yaxis.label.set_fontsize(9)
+
+
+def _integer_trials(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _importances(study: optuna.Study, names: list[str], out: Path, fmt: str,
+                 skipped: dict[str, str]) -> pd.DataFrame | None:
+    """fANOVA importances per objective (CSV + one plot per objective), from MIN_IMPORTANCE_TRIALS
+    complete trials on; the reason for leaving them out goes to ``skipped``."""
+    complete = _complete(study)
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        skipped["importances"] = (f"{len(complete)} complete trial(s); fANOVA importances are drawn from "
+                                  f"{MIN_IMPORTANCE_TRIALS} complete trials on")
         return None
+    if not complete[0].params:
+        skipped["importances"] = "the study has no sampled parameters"
+        return None
+    rows = []
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     for i, n in enumerate(names):
         if len({t.values[i] for t in complete}) < 2:   # a constant objective has no importances
+            skipped[f"importances ({n})"] = f"{n} is the same in every complete trial"
             continue
         try:
-            imp = optuna.importance.get_param_importances(
-                study, target=(lambda t, i=i: t.values[i]), evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            imp = optuna.importance.get_param_importances(study, target=_target(i), evaluator=evaluator)
         except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # too few distinct trials
-            warnings.warn(f"parameter importances for {n}: {exc}")
+            skipped[f"importances ({n})"] = str(exc)
             continue
         rows += [{"objective": n, "param": k, "importance": v} for k, v in imp.items()]
+        ax = optuna.visualization.matplotlib.plot_param_importances(
+            study, evaluator=evaluator, target=_target(i), target_name=n)
+        ax.set_title(f"Parameter importances (fANOVA) for {n}, {len(complete)} complete trials")
+        _tidy(ax)
+        fig = _fig(ax)
+        fig.set_size_inches(6.5, 0.8 + 0.45 * len(imp))
+        fig.tight_layout()
+        name = "importances.png" if len(names) == 1 else f"importances_{_slug(n)}.png"
+        save(fig, out / name, fmt)
     if not rows:
         return None
     df = pd.DataFrame(rows)
     df.to_csv(out / "importances.csv", index=False)
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 0.5 + 0.45 * df["param"].nunique()), squeeze=False)
-    for ax, n in zip(axes[0], names):
-        d = df[df["objective"] == n].sort_values("importance")
-        ax.barh(d["param"], d["importance"], color="tab:blue")
-        ax.set_xlabel("importance (fANOVA)")
-        ax.set_title(n)
-    _save(fig, out / "importances.png")
     return df
 
 
-def _history(study: optuna.Study, names: list[str], out: Path) -> Path:
+def _try(name: str, skipped: dict[str, str], fn) -> Any:
+    """Run one optuna.visualization call; a plot Optuna cannot draw yet is recorded, not raised."""
+    try:
+        return fn()
+    except (ValueError, RuntimeError, IndexError, KeyError) as exc:
+        plt.close("all")
+        skipped[name] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def _optuna_plots(study: optuna.Study, names: list[str], out: Path, fmt: str, skipped: dict[str, str],
+                  importances: pd.DataFrame | None) -> list[Path]:
+    """history, intermediate values, slice, contour, parallel coordinates and the Pareto front,
+    each drawn by ``optuna.visualization.matplotlib``."""
+    vis = optuna.visualization.matplotlib
+    paths: list[Path] = []
     trials = study.get_trials(deepcopy=False)
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4), squeeze=False)
-    for i, (ax, n) in enumerate(zip(axes[0], names)):
-        maximize = study.directions[i] == optuna.study.StudyDirection.MAXIMIZE
-        feas = [(t.number, t.values[i]) for t in trials if t.state == TrialState.COMPLETE and is_feasible(t)]
-        infeas = [(t.number, t.values[i]) for t in trials if t.state == TrialState.COMPLETE and not is_feasible(t)]
-        pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in trials
-                  if t.state == TrialState.PRUNED and t.intermediate_values and i == 0]
-        failed = [t.number for t in trials if t.state == TrialState.FAIL]
-        if feas:
-            ax.scatter(*zip(*feas), color="tab:blue", s=22, label="complete (feasible)", zorder=3)
-            best, xs, ys = None, [], []
-            for num, v in sorted(feas):
-                best = v if best is None else (max(best, v) if maximize else min(best, v))
-                xs.append(num)
-                ys.append(best)
-            ax.step(xs, ys, where="post", color="tab:red", label="best feasible so far")
-        if infeas:
-            ax.scatter(*zip(*infeas), color="lightgrey", edgecolor="grey", s=22, label="infeasible (density)")
-        if pruned:
-            ax.scatter(*zip(*pruned), marker="x", color="tab:orange", s=22, label="pruned (last value)")
-        for j, num in enumerate(failed):
-            ax.axvline(num, color="black", alpha=0.25, lw=1, ls=":", label="failed" if j == 0 else None)
+    complete = _complete(study)
+    params = sorted({k for t in complete for k in t.params})
+    multi = len(names) > 1
+    if importances is not None and len(importances):
+        order = importances.groupby("param")["importance"].max().sort_values(ascending=False).index.tolist()
+        params = order + [p for p in params if p not in order]
+
+    for i, n in enumerate(names):
+        ax = _try(f"history ({n})", skipped, lambda: vis.plot_optimization_history(
+            study, target=_target(i) if multi else None, target_name=n))
+        if ax is None:
+            continue
+        _mark_pruned_failed(ax, trials, i)
+        _integer_trials(ax)
         ax.set_xlabel("trial")
         ax.set_ylabel(n)
-        ax.legend(fontsize=8)
-        ax.set_title(f"Optimization history: {n} ({'max' if maximize else 'min'})")
-    return _save(fig, out / "history.png")
+        maximize = study.directions[i] == optuna.study.StudyDirection.MAXIMIZE
+        ax.set_title(f"Optimization history: {n} ({'max' if maximize else 'min'}; grey: infeasible)")
+        ax.legend(loc="best")
+        _tidy(ax)
+        fig = _fig(ax)
+        fig.set_size_inches(6.5, 4.2)
+        fig.tight_layout()
+        paths.append(save(fig, out / ("history.png" if i == 0 else f"history_{_slug(n)}.png"), fmt))
+
+    if not multi:
+        if any(t.intermediate_values for t in trials):
+            ax = _try("intermediate", skipped, lambda: vis.plot_intermediate_values(study))
+            if ax is not None:
+                ax.set_xlabel("round")
+                ax.set_ylabel(names[0])
+                ax.set_title(f"Intermediate values ({names[0]}) per trial: what the pruner saw")
+                _integer_trials(ax)
+                _tidy(ax)
+                fig = _fig(ax)
+                fig.set_size_inches(6.5, 4.2)
+                paths.append(save(fig, out / "intermediate.png", fmt))
+        else:
+            skipped["intermediate"] = "no trial reported intermediate values"
+    else:
+        from raysim.tuning.objectives import constraints_func
+
+        ax = _try("pareto_front", skipped, lambda: vis.plot_pareto_front(
+            study, target_names=names[:3] if len(names) <= 3 else names[:2],
+            targets=None if len(names) <= 3 else (lambda t: (t.values[0], t.values[1])),
+            # Optuna >= 4 reads the trials' own constraints (raysim records them, see
+            # objectives.record_constraints); older versions need the function
+            constraints_func=None if hasattr(FrozenTrial, "constraints") else constraints_func))
+        if ax is not None:
+            _tidy(ax)
+            fig = _fig(ax)
+            fig.set_size_inches(6.5, 4.8)
+            paths.append(save(fig, out / "pareto_front.png", fmt))
+
+    target, tname = (_target(0), names[0]) if multi else (None, names[0])
+    if not complete or not params:
+        for k in ("slice", "contour", "parallel_coordinate"):
+            skipped[k] = "no complete trial with sampled parameters yet"
+        return paths
+    ax = _try("slice", skipped, lambda: vis.plot_slice(study, params=params, target=target, target_name=tname))
+    if ax is not None:
+        _tidy(ax)
+        fig = _fig(ax)
+        fig.set_size_inches(max(4.0, 3.2 * len(params)), 3.6)
+        paths.append(save(fig, out / "slice.png", fmt))
+    if len(params) >= 2:
+        sel = params[:MAX_CONTOUR_PARAMS]
+        ax = _try("contour", skipped, lambda: vis.plot_contour(study, params=sel, target=target, target_name=tname))
+        if ax is not None:
+            _tidy(ax)
+            fig = _fig(ax)
+            side = 3.0 * len(sel) if len(sel) > 2 else 5.5
+            fig.set_size_inches(side + 1.0, side)
+            paths.append(save(fig, out / "contour.png", fmt))
+    else:
+        skipped["contour"] = "a contour plot needs at least two sampled parameters"
+    ax = _try("parallel_coordinate", skipped, lambda: vis.plot_parallel_coordinate(
+        study, params=params, target=target, target_name=tname))
+    if ax is not None:
+        _tidy(ax)
+        fig = _fig(ax)
+        fig.set_size_inches(max(6.0, 1.6 * (len(params) + 1)), 4.2)
+        paths.append(save(fig, out / "parallel_coordinate.png", fmt))
+    return paths
 
 
-def _intermediate(study: optuna.Study, name: str, out: Path) -> Path | None:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
-    if not trials:
-        return None
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    colors = {TrialState.COMPLETE: "tab:blue", TrialState.PRUNED: "tab:orange", TrialState.FAIL: "black",
-              TrialState.RUNNING: "tab:green"}
-    seen = set()
-    for t in trials:
-        steps = sorted(t.intermediate_values)
-        lab = t.state.name.lower() if t.state not in seen else None
-        seen.add(t.state)
-        ax.plot(steps, [t.intermediate_values[s] for s in steps], color=colors.get(t.state, "grey"),
-                alpha=0.6, lw=1, label=lab)
-    vals = [v for t in trials for v in t.intermediate_values.values() if math.isfinite(v)]
-    if vals and name.endswith("r2"):
-        lo = max(min(vals), -1.0)
-        ax.set_ylim(lo - 0.05, max(vals) + 0.05)
-    ax.set_xlabel("round")
-    ax.set_ylabel(name)
-    ax.legend(fontsize=8)
-    ax.set_title(f"Intermediate values ({name}) per trial")
-    return _save(fig, out / "intermediate.png")
-
-
-def _pareto(study: optuna.Study, names: list[str], out: Path) -> Path:
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    front = best_trials(study)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    feas = [t for t in trials if is_feasible(t)]
-    infeas = [t for t in trials if not is_feasible(t)]
-    if feas:
-        ax.scatter([t.values[0] for t in feas], [t.values[1] for t in feas], color="tab:blue", s=22,
-                   label="feasible")
-    if infeas:
-        ax.scatter([t.values[0] for t in infeas], [t.values[1] for t in infeas], color="lightgrey",
-                   edgecolor="grey", s=22, label="infeasible (density)")
-    if front:
-        f = sorted(front, key=lambda t: t.values[0])
-        ax.plot([t.values[0] for t in f], [t.values[1] for t in f], "o-", color="tab:red", ms=6,
-                label="Pareto front")
-        for t in f:
-            ax.annotate(str(t.number), (t.values[0], t.values[1]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-    d = [dd.name.lower() for dd in study.directions]
-    ax.set_xlabel(f"{names[0]} ({d[0]})")
-    ax.set_ylabel(f"{names[1]} ({d[1]})")
-    ax.legend(fontsize=8)
-    ax.set_title("Pareto front" + (" (first two objectives)" if len(names) > 2 else ""))
-    return _save(fig, out / "pareto_front.png")
+def _mark_pruned_failed(ax: Any, trials: list[FrozenTrial], i: int) -> None:
+    """Add pruned trials (their last intermediate value) and failed trials to a history plot."""
+    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in trials
+              if t.state == TrialState.PRUNED and t.intermediate_values and i == 0]
+    failed = [t.number for t in trials if t.state == TrialState.FAIL]
+    if pruned:
+        ax.scatter(*zip(*pruned), marker="x", color="#D55E00", s=26, label="pruned (last value)", zorder=3)
+    for j, num in enumerate(failed):
+        ax.axvline(num, color="black", alpha=0.3, lw=1, ls=":", label="failed" if j == 0 else None)

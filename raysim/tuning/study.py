@@ -43,7 +43,7 @@ import optuna
 from optuna.trial import TrialState
 
 from raysim.config import ConfigError
-from raysim.tuning.objectives import CONSTRAINTS_ATTR, constraint_values, constraints_func, objective_values
+from raysim.tuning.objectives import constraint_values, constraints_func, objective_values, record_constraints
 from raysim.tuning.space import build_config, check_spec, suggest
 from raysim.tuning.spec import StudySpec
 
@@ -462,10 +462,7 @@ class _TrialRunner:
             return self._fail(trial, f"run {status}: {result.summary.get('status_reason', '')}")
         target = spec.objective.target_density or cfg.algorithm.rho
         cons, facts = constraint_values(final, int(result.summary["p"]), target)
-        trial.set_user_attr(CONSTRAINTS_ATTR, cons)
-        if NATIVE_CONSTRAINTS:  # Optuna >= 5: samplers read constraints set on the trial
-            trial.set_constraint("nnz_over_m", cons[0])
-            trial.set_constraint("density_over_target", cons[1])
+        record_constraints(trial, cons)  # user attr, Optuna 5 set_constraint, optuna-dashboard's list
         for k, v in facts.items():
             trial.set_user_attr(k, v)
         for k in ("val_r2", "val_mse", "val_accuracy", "r2", "accuracy", "tdr", "tpr", "f1", "cum_bytes_up",
@@ -641,7 +638,7 @@ class _Bar:
 
         self.spec = spec
         self.console = console
-        self.p = Progress(TextColumn("[bold]trials"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+        self.p = Progress(TextColumn("[bold]trials"), MofNCompleteColumn(), BarColumn(bar_width=16), TimeElapsedColumn(),
                           TextColumn("{task.description}"), console=console, transient=False,
                           disable=console.quiet)
         self.t = self.p.add_task("", total=total)
