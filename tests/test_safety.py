@@ -382,3 +382,46 @@ eta_local = 1e5
     # every run diverged: exit 6; rerunning replaces the comparison's own run folders
     r = raysim("compare", str(cfg), "--set", "algorithm.eta_theta=1e5", "--set", "algorithm.eta_local=1e5")
     assert r.returncode == outcome.EXIT_ALL_FAILED, r.stderr
+
+
+def test_stress_table_and_heatmap_show_diverged_cells(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text("""
+[data]
+p = 60
+n_clients = 10
+n_per_client = 20
+test_samples = 300
+rho_true = 0.1
+[algorithm]
+name = "fedavg"
+rho = 0.1
+batch_size = 10
+[run]
+rounds = 3
+plots = false
+[cluster]
+backend = "local"
+[stress]
+algorithms = { good = { "algorithm.eta_local" = 0.05 }, bad = { "algorithm.eta_local" = 1e5 } }
+seeds = [0]
+[stress.axes]
+"data.h_coef" = [0.0, 0.5]
+""")
+    out = tmp_path / "out"
+    r = raysim("stress", str(grid), "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr                      # some cells ok: the grid itself succeeded
+    assert r.stderr.count("diverged: bad") == 2
+    df = pd.read_csv(out / "results.csv")
+    assert set(df[df["algorithm"] == "bad"]["outcome"]) == {"diverged"}
+    assert set(df[df["algorithm"] == "good"]["outcome"]) == {"ok"}
+    assert (out / "heatmap_r2_bad.png").is_file()
+    from raysim.stress import _notes
+
+    notes = _notes(df[df["algorithm"] == "bad"], ["data.h_coef"])
+    assert notes == {(0.0, ""): "diverged", (0.5, ""): "diverged"}
+    # every cell diverged: exit 6
+    grid.write_text(grid.read_text().replace('good = { "algorithm.eta_local" = 0.05 }, ', ""))
+    r = raysim("stress", str(grid), "--out", str(tmp_path / "out2"), "--no-progress")
+    assert r.returncode == outcome.EXIT_ALL_FAILED, r.stderr
+    assert "no cell ended ok" in r.stderr
