@@ -52,6 +52,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="no progress bar or summary table; print only the run directory (for scripts)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config and print what would run; start nothing (no Ray), exit 0")
+    p.add_argument("--force", action="store_true",
+                   help="replace a finished or unfinished run already in --out (its files are removed first)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a killed run from its newest readable checkpoint (uses RUN_DIR/config.toml; "
                         "checkpoints are written every run.checkpoint_every rounds)")
@@ -62,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from raysim.runner import load_resume_config, run
 
     if args.resume:
+        if args.force:
+            raise ConfigError("--force replaces a run, --resume continues it; use one of them")
         if args.config or args.out:
             raise ConfigError("--resume takes the configuration and the directory of the run it continues; "
                               "drop the CONFIG file and --out")
@@ -77,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         res = run(cfg, resume=True)
         if not cfg.run.progress:
             print(res.run_dir)
-        return 0
+        return _outcome(res)
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"run.run_dir={json.dumps(args.out)}")
@@ -87,10 +91,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe_run(cfg))
         return 0
-    res = run(cfg)
+    res = run(cfg, force=args.force)
     if not cfg.run.progress:
         print(res.run_dir)
-    return 0
+    return _outcome(res)
+
+
+def _outcome(res) -> int:
+    """The exit code of a finished run (``raysim.outcome``); a run that is not ok says why."""
+    from raysim.outcome import EXPLAIN, OK, exit_code
+
+    status = res.summary.get("status", OK)
+    if status != OK:
+        print(f"raysim: run ended with status {status}: {res.summary.get('status_reason', '')}; "
+              f"{EXPLAIN.get(status, '')} (exit code {exit_code(status)})", file=sys.stderr)
+    return exit_code(status)
 
 
 def describe_run(cfg: Config, resume: str | None = None) -> str:
@@ -230,18 +245,37 @@ def version_string() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from raysim import outcome
+    from raysim.checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except outcome.RunRefused as exc:
         print(f"raysim: error: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
+        return outcome.exit_code(exc.status)
+    except outcome.Busy as exc:
         print(f"raysim: error: {exc}", file=sys.stderr)
-        return 2
+        return outcome.EXIT_BUSY
+    except (ConfigError, CheckpointError) as exc:
+        print(f"raysim: error: {exc}", file=sys.stderr)
+        return outcome.EXIT_USAGE
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        print(f"raysim: error: {exc}", file=sys.stderr)
+        return outcome.EXIT_USAGE
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"raysim: error: {exc.strerror}"
+                  f"{' writing ' + str(exc.filename) if exc.filename else ''}: free space on that disk or give the "
+                  "run a directory on another one (--out); a checkpointed run continues with --resume",
+                  file=sys.stderr)
+            return outcome.EXIT_USAGE
+        raise
     except KeyboardInterrupt:
         print("raysim: interrupted; rows already written stay in the run directory", file=sys.stderr)
-        return 130
+        return outcome.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,36 +111,58 @@ def run_all(cfgs: list[Config], max_parallel: int | None, progress: bool = True,
 
 
 def collect(spec: dict[str, Any], cfgs: list[Config], results: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(final metrics per run, metrics.csv rows of all runs) from the run directories."""
+    """(final metrics per run, metrics.csv rows of all runs) from the run directories.
+
+    Every run has a row with its ``status`` (``raysim.outcome``: ok, diverged, empty_model,
+    no_participation, or failed for a run that raised)."""
+    from raysim.outcome import FAILED, status_of
+
     finals, curves = [], []
     for cfg, res in zip(cfgs, results):
         run_dir = Path(cfg.run.run_dir)
         if isinstance(res, Exception) or not (run_dir / "summary.json").exists():
             print(f"raysim compare: run {cfg.run.name} failed: {res}")
+            finals.append({"algorithm": cfg.algorithm.name, "seed": cfg.run.seed, "status": FAILED,
+                           "error": str(res).splitlines()[0][:300] if str(res) else type(res).__name__})
             continue
         summary = json.loads((run_dir / "summary.json").read_text())
-        row = {"algorithm": cfg.algorithm.name, "seed": cfg.run.seed, **summary["final"],
-               "wall_s": summary.get("wall_s")}
+        row = {"algorithm": cfg.algorithm.name, "seed": cfg.run.seed, "status": status_of(summary),
+               **{k: v for k, v in summary["final"].items() if k != "status"}, "wall_s": summary.get("wall_s")}
         finals.append(row)
         df = pd.read_csv(run_dir / "metrics.csv")
         df.insert(0, "seed", cfg.run.seed)
         df.insert(0, "algorithm", cfg.algorithm.name)
         curves.append(df)
-    if not finals:
+    if not curves:
         raise RuntimeError("every run of the comparison failed")
     return pd.DataFrame(finals), pd.concat(curves, ignore_index=True)
 
 
+def _status_text(statuses: pd.Series) -> str:
+    counts = statuses.value_counts()
+    return ", ".join(f"{n} {s}" for s, n in counts.items()) if set(counts.index) != {"ok"} else "ok"
+
+
 def summary_table(finals: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds per algorithm (columns ``<metric>_mean/_std``)."""
-    cols = [c for c in TABLE_METRICS if c in finals and finals[c].notna().any()]
-    g = finals.groupby("algorithm")[cols]
+    """Mean and standard deviation over seeds per algorithm (columns ``<metric>_mean/_std``).
+
+    Only runs with status ``ok`` enter the means (a diverged run is not a number); the
+    ``status`` column counts the runs per status (``ok`` when all are) and ``seeds`` the ok ones."""
+    from raysim.outcome import OK
+
+    if "status" not in finals:
+        finals = finals.assign(status=OK)
+    algos = [a for a in order if a in set(finals["algorithm"])]
+    ok = finals[finals["status"] == OK]
+    cols = [c for c in TABLE_METRICS if c in finals and ok[c].notna().any()] if len(ok) else []
+    g = ok.groupby("algorithm")[cols]
     mean, std = g.mean(), g.std(ddof=1)
-    out = pd.DataFrame(index=[a for a in order if a in mean.index])
-    out["seeds"] = finals.groupby("algorithm")["seed"].count()
+    out = pd.DataFrame(index=algos)
+    out["seeds"] = ok.groupby("algorithm")["seed"].count().reindex(algos).fillna(0).astype(int)
+    out["status"] = finals.groupby("algorithm")["status"].agg(_status_text).reindex(algos)
     for c in cols:
-        out[f"{c}_mean"] = mean[c]
-        out[f"{c}_std"] = std[c]
+        out[f"{c}_mean"] = mean[c].reindex(algos)
+        out[f"{c}_std"] = std[c].reindex(algos)
     out.index.name = "algorithm"
     return out
 
@@ -158,14 +181,25 @@ def _fmt(mean: float, std: float, col: str) -> str:
 
 def markdown_table(table: pd.DataFrame, title: str) -> str:
     metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
-    head = ["algorithm", "seeds"] + [m.replace("cum_bytes_up", "MB up").replace("cum_bytes_down", "MB down")
-                                     .replace("wall_s", "wall s") for m in metrics]
+    status = table["status"] if "status" in table else pd.Series("ok", index=table.index)
+    show_status = bool((status != "ok").any())
+    head = ["algorithm", "seeds"] + (["status"] if show_status else []) + [
+        m.replace("cum_bytes_up", "MB up").replace("cum_bytes_down", "MB down").replace("wall_s", "wall s")
+        for m in metrics]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for algo, r in table.iterrows():
-        cells = [str(algo), str(int(r["seeds"]))] + [_fmt(r[f"{m}_mean"], r[f"{m}_std"], m) for m in metrics]
+        if int(r["seeds"]) == 0:       # no ok run: the status, not a number
+            word = " / ".join(part.split(" ", 1)[-1] for part in str(status[algo]).split(", "))
+            vals = [word] * len(metrics)
+        else:
+            vals = [_fmt(r[f"{m}_mean"], r[f"{m}_std"], m) for m in metrics]
+        cells = [str(algo), str(int(r["seeds"]))] + ([str(status[algo])] if show_status else []) + vals
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Mean ± standard deviation over seeds of the final round (bytes in MB, cumulative).")
+    if show_status:
+        lines.append("Only runs with status ok enter the means; `seeds` counts them (diverged: loss or weights "
+                     "NaN/inf or above run.divergence_limit; empty_model; no_participation; failed: the run raised).")
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +270,15 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
 
     spec, cfgs = plan(path, overrides, out_dir)
     out = Path(spec["out_dir"])
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"compare output {out} is a file; give --out (compare.out_dir) a folder")
     out.mkdir(parents=True, exist_ok=True)
+    # a comparison owns its run folders: running it again replaces them (one run never mixes with another)
+    import shutil
+
+    for c in cfgs:
+        if Path(c.run.run_dir).is_dir():
+            shutil.rmtree(c.run.run_dir)
     if progress:
         print(f"raysim compare: {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) "
               f"-> {out}", flush=True)
@@ -278,6 +320,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 
 @command("compare", "run several algorithms on one scenario over several seeds; write a table and plots")(_compare_args)
 def cmd_compare(args: argparse.Namespace) -> int:
+    from raysim.outcome import EXIT_ALL_FAILED, OK
+
     overrides = list(args.overrides) + ([f"run.plot_format={json.dumps(args.plot_format)}"] if args.plot_format else [])
     if args.dry_run:
         spec, cfgs = plan(args.config, overrides, args.out)
@@ -289,8 +333,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"  {c.algorithm.name:<14} seed={c.run.seed:<3} {c.run.run_dir}")
         print("dry run: nothing started")
         return 0
-    table, out = compare(args.config, overrides, args.out, args.max_parallel, progress=not args.no_progress,
-                         warm=not args.cold)
+    try:
+        table, out = compare(args.config, overrides, args.out, args.max_parallel, progress=not args.no_progress,
+                             warm=not args.cold)
+    except RuntimeError as exc:
+        if "every run" not in str(exc):
+            raise
+        print(f"raysim compare: error: {exc}", file=sys.stderr)
+        return EXIT_ALL_FAILED
     print((out / "table.md").read_text())
     print(f"written: {out}/table.csv, table.md, runs.csv, curves.csv and plots")
-    return 0
+    runs = pd.read_csv(out / "runs.csv")
+    bad = runs[runs["status"] != OK]
+    if len(bad):
+        print(f"raysim compare: {len(bad)} of {len(runs)} runs did not end ok: "
+              + ", ".join(f"{r.algorithm} seed {r.seed}: {r.status}" for r in bad.itertuples()), file=sys.stderr)
+    return EXIT_ALL_FAILED if len(bad) == len(runs) else 0

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raysim import defaults as _defaults
 
@@ -33,7 +33,21 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: inf / nan for a learning rate, a density, ... is refused with the field name
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def check_name(value: str, field: str) -> str:
+    """A run / study name becomes a folder name under out_dir: no path separators, no '..',
+    not absolute, not empty (so nothing is ever written outside out_dir)."""
+    v = str(value)
+    bad = (not v.strip() or "/" in v or "\\" in v or v in (".", "..") or v.startswith("~")
+           or Path(v).is_absolute() or "\0" in v)
+    if bad:
+        raise ValueError(f"{field} = {v!r} must be a plain folder name (letters, digits, '-', '_', '.'), without "
+                         "'/', '..' or an absolute path; the run is written under out_dir. To write elsewhere "
+                         "set the folder itself (run.out_dir / --out)")
+    return v
 
 
 class RunSection(_Section):
@@ -56,6 +70,18 @@ class RunSection(_Section):
         "png", description="File format of every plot raysim writes for this config: the run's plots, and the "
                            "figures of compare / stress / tune outputs built from it (pdf and svg for papers).")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint the server state every k rounds (0: never).")
+    memory_check: bool = Field(
+        True, description="Before starting, estimate the run's peak memory and refuse a run that cannot fit in the "
+                          "memory available on this machine (skipped when joining a Ray cluster).")
+    divergence_limit: Optional[float] = Field(
+        1e6, gt=0, description="A run whose training loss or largest |weight| exceeds this (or becomes NaN/inf) is "
+                               "stopped as diverged: status 'diverged' in summary.json and metrics.csv, exit code 3. "
+                               "None disables the size test (NaN/inf always stops the run).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "run.name")
 
 
 class DataSection(_Section):
@@ -380,7 +406,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(f"config path {p} is a directory; give a TOML file")
     try:
-        return tomllib.loads(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start}: {exc.reason}); TOML files must be UTF-8: "
+                          f"re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8 {p.name})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p} is not valid TOML: {exc}") from None
 

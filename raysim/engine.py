@@ -240,12 +240,31 @@ class ServerCore:
                # client compute: local mini-batch gradient steps done by the reporting clients
                "client_steps": r["steps_done"], "cum_client_steps": self.cum_steps,
                "client_compute_s": r["client_s"], "aggregation_s": r["aggregation_s"]}
+        out["max_abs_weight"] = self.max_abs_weight()
         if pi is not None and self._prev_pi is not None:
             out["soft_iou"] = soft_iou(pi, self._prev_pi)
         self._prev_pi = pi
         self._reset_round()
         self.last_round = out
         return out
+
+    def max_abs_weight(self) -> float:
+        """Largest |theta| of the global state; inf when any weight, gate parameter or the dual
+        variable is NaN/inf (the run loop stops such a run as diverged)."""
+        st = self.state
+        for key in ("phi", "lam"):
+            v = st.get(key)
+            if isinstance(v, torch.Tensor):
+                if not bool(torch.isfinite(v).all()):
+                    return float("inf")
+            elif isinstance(v, float) and not math.isfinite(v):
+                return float("inf")
+        th = st.get("theta")
+        if not isinstance(th, torch.Tensor) or th.numel() == 0:
+            return 0.0
+        if not bool(torch.isfinite(th).all()):
+            return float("inf")
+        return float(th.abs().max())
 
     # -- evaluation ----------------------------------------------------------------------
     def deployed(self, final: bool = False) -> np.ndarray:

@@ -249,4 +249,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((k, s))
     rows.append(("rounds", str(summary.get("rounds"))))
     rows.append(("wall time", f"{summary.get('wall_s', float('nan')):.1f} s"))
+    status = summary.get("status")
+    if status:
+        done = summary.get("rounds_run")
+        rows.insert(0, ("status", status if status == "ok" or done is None else f"{status} (round {done})"))
     return rows

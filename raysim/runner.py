@@ -37,8 +37,8 @@ COLUMNS = ["round", "step", "density", "expected_density", "nnz", "m", "lambda",
            "soft_iou", "mse", "r2", "accuracy", "log_loss", "auc", "micro_f1", "macro_f1", "hamming_loss",
            "fair_mean", "fair_std", "fair_worst5", "fair_best5", "mean_entropy", "tau", "train_loss",
            "n_selected", "n_reported", "work_done", "bytes_up", "bytes_down", "cum_bytes_up",
-           "cum_bytes_down", "client_steps", "cum_client_steps", "round_s", "client_compute_s", "aggregation_s", "evaluation_s",
-           "clients_per_s", "wall_s"]
+           "cum_bytes_down", "client_steps", "cum_client_steps", "round_s", "client_compute_s", "aggregation_s",
+           "evaluation_s", "clients_per_s", "wall_s", "max_abs_weight", "status"]
 
 
 @dataclass
@@ -48,18 +48,98 @@ class RunResult:
     metrics: pd.DataFrame
 
 
+#: files a run writes into its directory (removed by --force before a new run)
+RUN_FILES = ("config.toml", "federation.json", "metrics.csv", "clients.csv", "summary.json", "model.npz")
+LOCK_NAME = ".raysim.lock"
+
+
 def make_run_dir(cfg: Config) -> Path:
     if cfg.run.run_dir:
         d = Path(cfg.run.run_dir)
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"run directory {d} is a file, not a folder; give --out (run.run_dir) a folder path")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        d = Path(cfg.run.out_dir) / f"{cfg.run.name}-{stamp}"
+        out = Path(cfg.run.out_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"run.out_dir = {str(out)!r} is a file, not a folder; give a folder path")
+        d = out / f"{cfg.run.name}-{stamp}"
         i = 1
         while d.exists():
-            d = Path(cfg.run.out_dir) / f"{cfg.run.name}-{stamp}-{i}"
+            d = out / f"{cfg.run.name}-{stamp}-{i}"
             i += 1
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"cannot create run directory {d}: a file is in the way on that path") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {d}: {exc.strerror}") from None
     return d
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``<run_dir>/.raysim.lock``, ``flock``), held for the
+    whole run, so that two runs never write into one folder. The file records the holder's pid
+    and host; the kernel releases the lock when the holder dies, so a killed run never leaves a
+    stale lock behind."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import socket
+
+        from raysim.outcome import Busy
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            raise Busy(f"run directory {self.path.parent} is in use by another run ({holder}); wait for it to "
+                       "finish or give this run another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _check_reuse(run_dir: Path, force: bool) -> None:
+    """Refuse to write a new run over a finished or unfinished one (unless ``force``); with
+    ``force`` remove the old run's files first, so two runs never mix in one folder."""
+    from raysim import checkpoint as ckpt
+
+    finished = (run_dir / "summary.json").exists()
+    unfinished = not finished and (bool(ckpt.list_checkpoints(run_dir)) or (run_dir / "metrics.csv").exists())
+    if not (finished or unfinished):
+        return
+    if not force:
+        if finished:
+            raise ConfigError(f"{run_dir} holds a finished run (summary.json); refusing to overwrite it. Give the "
+                              "new run another --out, or add --force to replace it")
+        raise ConfigError(f"{run_dir} holds an unfinished run (metrics or checkpoints, no summary.json); continue "
+                          f"it with `raysim run --resume {run_dir}`, give the new run another --out, or add --force "
+                          "to replace it")
+    import shutil
+
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for f in run_dir.glob("*.png"):
+        f.unlink()
+    shutil.rmtree(ckpt.checkpoint_dir(run_dir), ignore_errors=True)
 
 
 def _tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -151,7 +231,7 @@ class _Progress:
 
 def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = None,
         console_output: bool | None = None, placement_group: Any = None, resume: bool = False,
-        simulation: Callable[[Config], Any] | None = None) -> RunResult:
+        simulation: Callable[[Config], Any] | None = None, force: bool = False) -> RunResult:
     """Run one experiment on Ray and write its run directory.
 
     ``on_eval(round, row)`` is called after every evaluation (the tuning layer reports
@@ -161,12 +241,23 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     With ``run.checkpoint_every = k > 0`` a checkpoint is written every k rounds
     (``raysim.checkpoint``). With ``resume=True`` (``cfg.run.run_dir`` naming an existing run
     directory, see :func:`load_resume_config`) the run continues from its newest readable
-    checkpoint and ends with the same metrics as an uninterrupted run.
+    checkpoint and ends with the same metrics as an uninterrupted run; with no readable
+    checkpoint it is an error (never a silent restart from round 1).
+
+    Before anything is created the data files, the deployed model size (m = floor(rho p) > 0,
+    else :class:`raysim.outcome.RunRefused`) and the memory estimate are checked
+    (``raysim.preflight``). A run directory holding a finished or unfinished run is refused
+    unless ``force``; a directory in use by another run raises :class:`raysim.outcome.Busy`.
+
+    The run ends with ``summary["status"]`` (``raysim.outcome``): ``ok``, ``diverged`` (stopped
+    early: loss or weights NaN/inf or above ``run.divergence_limit``), ``empty_model`` (no
+    non-zero weight deployed) or ``no_participation`` (no client ever reported).
 
     ``simulation(cfg)``: where the run happens instead of fresh actors, e.g. a run on a warm
     pool (``raysim.cluster.warm.WarmFederation.simulation``); ignored for the local backend.
     """
     from raysim import checkpoint as ckpt
+    from raysim.preflight import check_run
 
     local = cfg.cluster.backend == "local"
     show = cfg.run.progress if console_output is None else console_output
@@ -174,15 +265,39 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     if resume:
         if not cfg.run.run_dir:
             raise ConfigError("resume needs run.run_dir: the run directory to continue")
-        resumed = ckpt.load_latest(cfg.run.run_dir)
-        if resumed is not None and resumed[0].get("config") != _fingerprint(cfg):
+        rd = Path(cfg.run.run_dir)
+        if (rd / "summary.json").exists():
+            raise ConfigError(f"{rd} holds a finished run (summary.json): nothing to resume. Start a new run with "
+                              "another --out, or run it again in place with --force")
+        found = ckpt.list_checkpoints(rd)
+        resumed = ckpt.load_latest(rd)
+        if resumed is None:
+            why = (f"none of its {len(found)} checkpoint(s) can be read (truncated or corrupted)" if found else
+                   f"it has no checkpoint (run.checkpoint_every = {cfg.run.checkpoint_every}; checkpoints are "
+                   "written every k rounds when k > 0)")
+            raise ConfigError(f"cannot resume {rd}: {why}. To start it again from round 1: "
+                              f"raysim run {rd / 'config.toml'} --out {rd} --force")
+        if resumed[0].get("config") != _fingerprint(cfg):
             raise ConfigError(f"{resumed[1]} was written with a different configuration than "
                               f"{cfg.run.run_dir}/config.toml; resume with the run directory's own config")
-        if resumed is None and show:
-            print(f"raysim: no readable checkpoint in {cfg.run.run_dir}; starting the run from round 1",
-                  file=sys.stderr)
+    check_run(cfg)  # data files, m > 0, memory: before any folder is made or Ray is started
     run_dir = make_run_dir(cfg)
-    dump_toml(cfg, run_dir / "config.toml")
+    lock = RunLock(run_dir).acquire()
+    try:
+        if not resume:
+            _check_reuse(run_dir, force)
+        ckpt.clean_orphans(run_dir)
+        dump_toml(cfg, run_dir / "config.toml")
+        return _run_locked(cfg, run_dir, resumed, on_eval, show, local, placement_group, simulation)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bool, local: bool,
+                placement_group: Any, simulation: Callable[[Config], Any] | None = None) -> RunResult:
+    from raysim import checkpoint as ckpt
+    from raysim import outcome
+
     t_start = time.perf_counter()
     started = False
     if not local and simulation is None:
@@ -226,20 +341,29 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
             if show:
                 print(f"raysim: resuming {run_dir} from {resumed[1].name} (round {first - 1})", file=sys.stderr)
         bar = _Progress(total_rounds, show, cfg.data.task)
+        status, reason = outcome.OK, ""
         try:
             for rnd in range(first, total_rounds + 1):
                 row = sim.run_round()
                 for k in ADDITIVE:
                     acc[k] = acc.get(k, 0) + row.get(k, 0)
-                last = rnd == total_rounds
+                bad = divergence(row, cfg.run.divergence_limit)
+                last = rnd == total_rounds or bad is not None
                 if rnd % cfg.run.eval_every == 0 or last:
                     row.update(acc)
                     acc = {}
-                    row.update(sim.evaluate(final=last))
+                    row.update(sim.evaluate(final=rnd == total_rounds))
                     row["clients_per_s"] = row["n_reported"] / max(row["round_s"], 1e-9)
                     row["wall_s"] = time.perf_counter() - t_start
+                    row["status"] = outcome.OK
                     rows.append(row)
+                    if bad is not None:
+                        status, reason = outcome.DIVERGED, f"round {rnd}: {bad}"
+                        row["status"] = status
                     _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
+                if bad is not None:
+                    bar.update(rnd, row)
+                    break
                 k = cfg.run.checkpoint_every
                 if k and rnd % k == 0 and rnd < total_rounds:
                     ckpt.save(run_dir, rnd, {"sim": sim.state_dict(), "rows": rows, "acc": acc,
@@ -254,9 +378,19 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
         np.savez_compressed(run_dir / "model.npz", theta=theta, p=info["p"])
         final = dict(rows[-1])
         final["nnz"] = int(np.count_nonzero(theta[: info["p"]]))
+        reported = sum(float(r.get("n_reported", 0) or 0) for r in rows)
+        if status == outcome.OK and reported == 0:
+            status, reason = outcome.NO_PARTICIPATION, f"no client reported in {len(rows)} evaluated round(s)"
+        elif status == outcome.OK and final["nnz"] == 0:
+            status, reason = outcome.EMPTY_MODEL, f"the deployed model has no non-zero weight (m = {info['m']})"
+        if status != outcome.OK:
+            rows[-1]["status"] = final["status"] = status
+            _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
         summary = {
             "name": cfg.run.name, "algorithm": cfg.algorithm.name, "task": cfg.data.task,
-            "seed": cfg.run.seed, "rounds": total_rounds, "total_steps": info["total_steps"],
+            "status": status, "status_reason": reason,
+            "seed": cfg.run.seed, "rounds": total_rounds, "rounds_run": int(rows[-1].get("round", total_rounds)),
+            "total_steps": info["total_steps"],
             "steps_per_round": info["steps_per_round"], "p": info["p"], "m": info["m"],
             "prune_start_step": info["prune_start"],
             "prune_start_round": info["prune_start"] / info["steps_per_round"],
@@ -275,11 +409,39 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
     if cfg.run.plots:
         from raysim.report import plot_run
 
-        with _PLOT_LOCK:   # pyplot is not thread-safe (warm runs share the driver process)
-            plot_run(run_dir, cfg.data.task)
+        try:
+            with _PLOT_LOCK:   # pyplot is not thread-safe (warm runs share the driver process)
+                plot_run(run_dir, cfg.data.task)
+        except Exception as exc:  # noqa: BLE001 - a plot of a diverged run must not hide its outcome
+            if status == outcome.OK:
+                raise
+            print(f"raysim: plots skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
     if show:
         print_summary(summary, run_dir)
+    if status != outcome.OK and show:
+        print(f"raysim: status {status}: {reason}; {outcome.EXPLAIN[status]}", file=sys.stderr)
     return RunResult(run_dir, summary, _tidy(rows))
+
+
+def divergence(row: dict[str, Any], limit: float | None) -> str | None:
+    """Why a round's statistics show a diverged run (None when they do not).
+
+    NaN/inf weights (``max_abs_weight``, reported by the server) or training loss always count;
+    ``limit`` (``run.divergence_limit``) bounds both in size. A round in which no client
+    reported has no training loss and is not evidence of anything."""
+    w = row.get("max_abs_weight")
+    if w is not None and not math.isfinite(float(w)):
+        return "weights became NaN/inf"
+    loss = row.get("train_loss")
+    has_loss = loss is not None and float(row.get("n_reported", 0) or 0) > 0
+    if has_loss and not math.isfinite(float(loss)):
+        return f"training loss became {float(loss)}"
+    if limit is not None:
+        if w is not None and float(w) > limit:
+            return f"largest |weight| {float(w):.3g} > run.divergence_limit = {limit:g}"
+        if has_loss and float(loss) > limit:
+            return f"training loss {float(loss):.3g} > run.divergence_limit = {limit:g}"
+    return None
 
 
 def _fingerprint(cfg: Config) -> dict[str, Any]:

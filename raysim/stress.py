@@ -150,8 +150,21 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
             algorithms[str(label)] = ({"algorithm.name": str(label)} if str(label) in _algorithm_names() else {}) | sets
     else:
         raise ConfigError(f"{path}: stress.algorithms must be a list of algorithm names or a table of variants")
-    seeds = [int(s) for s in spec.get("seeds", [base.get("run", {}).get("seed", 0)])]
+    seeds_raw = spec.get("seeds", [base.get("run", {}).get("seed", 0)])
+    if (not isinstance(seeds_raw, list) or not seeds_raw
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds_raw)):
+        raise ConfigError(f"{path}: stress.seeds = {seeds_raw!r} must be a non-empty list of non-negative integers, "
+                          "e.g. seeds = [0, 1, 2]")
+    if len(set(seeds_raw)) != len(seeds_raw):
+        raise ConfigError(f"{path}: stress.seeds = {seeds_raw!r} repeats a seed; list each seed once")
+    seeds = [int(x) for x in seeds_raw]
     name = str(spec.get("name") or path.stem)
+    try:
+        from raysim.config import check_name
+
+        check_name(name, "stress.name")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     out_dir = Path(out or spec.get("out_dir") or Path("runs") / "stress" / name)
     diff = spec.get("diff")
     labels = list(algorithms)
@@ -234,11 +247,15 @@ def _cell_row(cell: Cell) -> dict[str, Any]:
     row: dict[str, Any] = {**{k: v for k, v in cell.axes.items()}, "algorithm": cell.algorithm, "seed": cell.seed,
                            "status": cell.status, "error": cell.error, "run_dir": str(cell.run_dir)}
     summ = cell.run_dir / "summary.json"
+    row["outcome"] = "failed" if cell.status == "failed" else "unfinished"
     if cell.status in ("done", "ran") and summ.is_file():
+        from raysim.outcome import status_of
+
         s = json.loads(summ.read_text())
+        row["outcome"] = status_of(s)      # ok | diverged | empty_model | no_participation
         row["wall_s"] = s.get("wall_s")
         for k, v in (s.get("final") or {}).items():
-            if k not in row and not isinstance(v, (list, dict)):
+            if k not in row and k != "status" and not isinstance(v, (list, dict)):
                 row[k] = v
         fed_path = cell.run_dir / "federation.json"
         if fed_path.is_file():
@@ -291,8 +308,21 @@ def _decimals(vals: np.ndarray) -> int:
     return int(min(4, max(0, 2 - math.floor(math.log10(finite.max())))))
 
 
+def _notes(df: pd.DataFrame, axes: list[str]) -> dict[tuple[Any, Any], str]:
+    """Heatmap cells with runs that did not end ok: (axis-0 value, axis-1 value) -> outcome names."""
+    out: dict[tuple[Any, Any], str] = {}
+    if "outcome" not in df:
+        return out
+    bad = df[~df["outcome"].isin(["ok", "unfinished"])]
+    for _, r in bad.iterrows():
+        key = (r[axes[0]], r[axes[1]] if len(axes) > 1 else "")
+        names = set(filter(None, out.get(key, "").split("/"))) | {str(r["outcome"])}
+        out[key] = "/".join(sorted(names))
+    return out
+
+
 def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False, std: pd.DataFrame | None = None,
-          nd: int | None = None) -> Any:
+          nd: int | None = None, notes: dict[tuple[Any, Any], str] | None = None) -> Any:
     """A heatmap of ``p`` whose cells read ``mean ± std`` (over seeds) in black or white by the
     luminance of the cell colour, all cells in the same number format (``nd`` decimals)."""
     from raysim.plotstyle import text_color
@@ -314,12 +344,17 @@ def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False, std: pd.Data
     sd = std.to_numpy(dtype=float) if std is not None else None
     for i in range(vals.shape[0]):
         for j in range(vals.shape[1]):
+            note = (notes or {}).get((p.index[i], p.columns[j]))
             if np.isfinite(vals[i, j]):
                 txt = f"{vals[i, j]:.{nd}f}"
                 if sd is not None and np.isfinite(sd[i, j]):
                     txt += f"\n± {sd[i, j]:.{nd}f}"
+                if note:
+                    txt += f"\n({note})"
                 ax.text(j, i, txt, ha="center", va="center", fontsize=7.5,
                         color=text_color(im.cmap(im.norm(vals[i, j]))))
+            elif note:      # no ok run in this cell: its outcome, not a number
+                ax.text(j, i, note, ha="center", va="center", fontsize=7.5, color="red")
     ax.set_title(title, fontsize=9)
     return im
 
@@ -341,21 +376,26 @@ def _write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str, fmt: str) -> list
 
     from raysim.plotstyle import save
 
-    ok = df[df["status"].isin(["done", "ran"])]
-    if metric not in ok.columns or ok.empty:
+    finished = df[df["status"].isin(["done", "ran"])]
+    if metric not in finished.columns or finished.empty:
         return []
+    if "outcome" in finished:   # a diverged / empty / no-participation run is not a number: masked, noted
+        finished = finished.assign(**{metric: pd.to_numeric(finished[metric], errors="coerce")
+                                      .where(finished["outcome"] == "ok")})
     axes = list(grid.axes)
-    seeds = sorted(ok["seed"].unique())
+    seeds = sorted(finished["seed"].unique())
+    notes: dict[str, dict[tuple[Any, Any], str]] = {}
     more = (f" (mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
             f"{'; mean over ' + ', '.join(axes[2:]) if len(axes) > 2 else ''})")
     panels: list[tuple[str, pd.DataFrame, pd.DataFrame, bool, str]] = []
     per_seed: dict[str, pd.Series] = {}
     for label in grid.algorithms:
-        sub = ok[ok["algorithm"] == label]
+        sub = finished[finished["algorithm"] == label]
         if not sub.empty:
             per_seed[label] = _per_seed(sub, axes, metric)
             mean, std, _ = _spread(per_seed[label])
             panels.append((f"{label}: {metric}", mean, std, False, metric))
+            notes[f"{label}: {metric}"] = _notes(sub, axes)
     if grid.diff is not None:
         a, b = grid.diff
         if a in per_seed and b in per_seed:
@@ -370,7 +410,7 @@ def _write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str, fmt: str) -> list
     for title, p, sd, div, cbar in panels:
         nd = _decimals(p.to_numpy(dtype=float)) if div else nd_abs
         fig, ax = plt.subplots(figsize=(1.3 * p.shape[1] + 2.8, 0.8 * p.shape[0] + 2))
-        im = _draw(ax, p, title + more, div, sd, nd)
+        im = _draw(ax, p, title + more, div, sd, nd, notes.get(title))
         fig.colorbar(im, ax=ax, label=cbar)
         fig.tight_layout()
         label = title.split(":")[0].replace(" - ", "-minus-")
@@ -379,7 +419,7 @@ def _write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str, fmt: str) -> list
         fig, axs = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.9), squeeze=False)
         for ax, (title, p, sd, div, cbar) in zip(axs[0], panels):
             nd = _decimals(p.to_numpy(dtype=float)) if div else nd_abs
-            im = _draw(ax, p, title, div, sd, nd)
+            im = _draw(ax, p, title, div, sd, nd, notes.get(title))
             fig.colorbar(im, ax=ax, fraction=0.046, label=cbar)
         fig.suptitle(f"{grid.name}: {metric}{more}", fontsize=10)
         fig.tight_layout()
@@ -490,9 +530,16 @@ def cmd_stress(args: argparse.Namespace) -> int:
     print(grid.out_dir / "results.csv")
     for p in info["plots"]:
         print(p)
+    from raysim.outcome import EXIT_ALL_FAILED
+
+    df = pd.read_csv(grid.out_dir / "results.csv")
+    not_ok = df[df["outcome"] != "ok"] if "outcome" in df else df.iloc[0:0]
+    for r in not_ok.itertuples():
+        print(f"{r.outcome}: {r.algorithm} seed={r.seed} {r.run_dir}"
+              + (f": {r.error}" if isinstance(r.error, str) and r.error else ""), file=sys.stderr)
+    if len(df) and len(not_ok) == len(df):
+        print(f"raysim stress: no cell ended ok (exit code {EXIT_ALL_FAILED})", file=sys.stderr)
+        return EXIT_ALL_FAILED
     if info["failed"]:
-        for c in grid.cells:
-            if c.status == "failed":
-                print(f"failed: {c.algorithm} seed={c.seed} {c.axes}: {c.error}", file=sys.stderr)
         return 1
     return 0

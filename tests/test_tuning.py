@@ -93,15 +93,19 @@ def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path, path_k
 
     res = run_study(load_spec(path), out=out, parallel=2, progress=False, cold=cold)
     trials = res.study.get_trials()
-    assert len([t for t in trials if t.state in FINISHED]) == total      # exactly the requested total
+    # the interrupted trials are failed and their parameters run again: the requested total
+    # finishes besides them, and no trial runs twice
+    assert len([t for t in trials if t.state in FINISHED and not t.user_attrs.get("requeued")]) == total
     assert all(t.state in FINISHED for t in trials)                      # nothing left running
-    assert res.stale == running and res.n_new == total - n_before - len(running) >= 2
-    # no trial ran twice: the finished ones are untouched, every new one has its own run folder
+    assert res.stale == running and res.n_new == total - n_before >= 2
+    # the trials finished before the kill are untouched; every new trial has its own run folder
     assert {t.number: t.datetime_complete for t in trials if t.number in done_before} == done_before
     new_dirs = [t.user_attrs["run_dir"] for t in trials if t.number >= n_before + len(running)]
-    assert len(set(new_dirs)) == len(new_dirs) == res.n_new
+    assert len(set(new_dirs)) == len(new_dirs)
     for n in running:
         assert trials[n].state == TrialState.FAIL and trials[n].user_attrs["error"] == STALE_ERROR
+        rerun = [t for t in trials if t.user_attrs.get("rerun_of") == n]
+        assert len(rerun) == 1 and rerun[0].params == trials[n].params
     new = [t for t in trials if t.number >= n_before + len(running)]
     assert all(t.state == TrialState.COMPLETE for t in new), [t.user_attrs.get("error") for t in new]
     a, b = new[:2]                                                       # two trials ran at the same time

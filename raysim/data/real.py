@@ -41,6 +41,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import math
+
 import numpy as np
 
 from raysim import rng as rngmod
@@ -119,7 +121,7 @@ def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
         raise DatasetError(f"{path}: truncated IDX header; replace the file (see datasets/README.md).")
     dims = tuple(int(v) for v in np.frombuffer(buf, dtype=">u4", count=nd, offset=4))
     dt = np.dtype(_IDX_DTYPES[buf[2]])
-    n_items = int(np.prod(dims)) if dims else 0
+    n_items = math.prod(dims) if dims else 0     # exact Python ints: a forged header cannot overflow
     body = len(buf) - 4 - 4 * nd
     if body != n_items * dt.itemsize:
         raise DatasetError(f"{path}: corrupt or truncated IDX file: the header announces shape {dims} "
@@ -311,7 +313,16 @@ def read_svmlight(paths: list[Path]) -> tuple[list[Any], list[tuple]]:
         raise DatasetError(f"{bad}: cannot be read as svmlight/libsvm text ({exc}); expected lines "
                            "'label[,label...] index:value ...' (optionally .gz or .bz2 compressed). "
                            "Replace the file (see datasets/README.md).") from None
-    return list(out[0::2]), list(out[1::2])
+    xs, ys = list(out[0::2]), list(out[1::2])
+    for p, x in zip(paths, xs):
+        data = x.tocsr()
+        bad = ~np.isfinite(data.data)
+        if bad.any():
+            row = int(np.searchsorted(data.indptr, int(np.argmax(bad)), side="right"))   # 1-based line
+            raise DatasetError(f"{p}: {int(bad.sum())} feature value(s) are NaN or infinite (first on data line "
+                               f"{row}); svmlight values must be finite numbers. Fix or replace the file "
+                               "(see datasets/README.md).")
+    return xs, ys
 
 
 def _read_topics(path: Path) -> dict[str, int]:
@@ -594,15 +605,15 @@ class RealFederation(Federation):
         return out
 
 
-def preflight(cfg: Any) -> None:
+def preflight(cfg: Any) -> "RealFederation | None":
     """Check a run's data in the driver, before any actor starts, so that a missing or corrupt
     file is reported as a clear error (and not as a crashed actor), and pin the data directory
     to an absolute path so every actor reads the same files whatever its working directory."""
     d = cfg.data
     if getattr(d, "kind", "synthetic") != "real":
-        return
+        return None
     if d.data_dir is None or not Path(d.data_dir).is_absolute():
         d.data_dir = str(resolve_data_dir(d).resolve())
     from raysim.config import PartitionSection
 
-    RealFederation(d, cfg.run.seed, getattr(cfg, "partition", None) or PartitionSection())
+    return RealFederation(d, cfg.run.seed, getattr(cfg, "partition", None) or PartitionSection())

@@ -70,7 +70,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
                     storage=args.storage, out=args.out, overrides=overrides, progress=not args.no_progress,
                     cold=args.cold)
     _print_summary(res.report, res.study_dir)
-    return 0
+    return _exit_code(res.study)
+
+
+def _exit_code(study) -> int:
+    """0 when at least one trial of the study finished COMPLETE or PRUNED, else EXIT_ALL_FAILED (6)."""
+    import sys
+
+    from optuna.trial import TrialState
+
+    from raysim.outcome import EXIT_ALL_FAILED
+
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials):
+        return 0
+    errors = [str(t.user_attrs.get("error", ""))[:200] for t in trials if t.state == TrialState.FAIL]
+    print(f"raysim tune: every trial failed ({len(errors)}); first error: {errors[0] if errors else '-'} "
+          f"(exit code {EXIT_ALL_FAILED})", file=sys.stderr)
+    return EXIT_ALL_FAILED
 
 
 def _dry_run_plan(spec, args: argparse.Namespace) -> str:

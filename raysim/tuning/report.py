@@ -75,6 +75,10 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             if k in ua:
                 row[k] = ua[k]
         row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
+        # run outcome (raysim.outcome): ok, diverged, empty_model, no_participation; interrupted trials
+        # that were queued again say so
+        row["status"] = ua.get("status") or ("interrupted" if ua.get("requeued") else
+                                             ("ok" if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None))
         row["error"] = ua.get("error")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -126,7 +130,7 @@ def write_report(study: optuna.Study, study_dir: str | Path, session: dict[str, 
     best = best_trials(study)
     best_ids = [t.number for t in best]
     best_df = df[df["trial"].isin(best_ids)].set_index("trial").loc[best_ids].reset_index() if best else df.head(0)
-    cols = [c for c in best_df.columns if c not in ("state", "error", "feasible")]
+    cols = [c for c in best_df.columns if c not in ("state", "error", "feasible", "status")]
     best_df = best_df[cols].head(10 if not multi else len(best_df))
     best_df.to_csv(out / "best_trials.csv", index=False)
     # the Markdown table leaves out what is the same for every trial (kept in the CSV)

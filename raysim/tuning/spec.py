@@ -162,6 +162,13 @@ class StudySection(_Model):
                           "path; default <out>/study.journal")
     out_dir: str = Field("runs/tuning", description="Parent of the study folder (<out_dir>/<name>)")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from raysim.config import check_name
+
+        return check_name(v, "study.name")
+
 
 class ScenarioSection(_Model):
     """The scenario every trial starts from."""

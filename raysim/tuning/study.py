@@ -21,10 +21,15 @@ Design (how a trial runs and how its intermediate values reach the study):
   ``trial.report(value, round)`` to the storage and answers ``trial.should_prune()``; a
   "stop" ends the run (``StopRun``) and the driver records the trial as PRUNED. The pruner
   sees every trial's values, whichever process wrote them.
-* Storage is resumable: a journal file by default (safe for several writers), an RDB URL on
-  clusters. On start, trials left RUNNING by a killed study are marked FAIL, and only
-  ``n_trials - (COMPLETE + PRUNED + FAIL)`` new trials are run. A trial that raises is
-  recorded as FAIL with its error in the ``error`` user attribute, and the study goes on.
+* Storage is resumable: a journal file by default, an RDB URL on clusters (its password is
+  masked everywhere it is written or printed). One driver per study (:class:`StudyLock`: a
+  second ``raysim tune`` is refused with the first one's pid and host). On start, trials left
+  RUNNING by a killed driver are marked FAIL and their parameters queued again, and only
+  ``n_trials - (COMPLETE + PRUNED + FAIL)`` new trials are run (the interrupted ones do not
+  count). The sampler is seeded with ``study.seed`` plus the number of trials already in the
+  storage, so a continued study never draws the first trials' parameters again. A trial that
+  raises, or whose run ends diverged / empty_model / no_participation, is recorded as FAIL
+  with the reason in the ``error`` user attribute, and the study goes on.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ from raysim.tuning.space import build_config, check_spec, suggest
 from raysim.tuning.spec import StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-STALE_ERROR = "interrupted: left RUNNING by a study that was killed; marked failed on resume"
+STALE_ERROR = ("interrupted: left RUNNING by a study that was killed; marked failed on resume and its "
+               "parameters queued again")
 
 
 class TrialFailed(RuntimeError):
@@ -67,14 +73,119 @@ def storage_location(spec: StudySpec, study_dir: Path, override: str | None = No
     return s if "://" in s else str(Path(s))
 
 
+def mask_storage(location: str) -> str:
+    """The storage location with any password replaced by ``***`` (for files, logs and output)."""
+    if "://" not in location:
+        return location
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(location).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL: mask user:password@ by hand
+        import re
+
+        return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", location)
+
+
+#: RDB storages: seconds between a running trial's heartbeats, and silence after which it is stale
+HEARTBEAT_S = 20
+GRACE_S = 90
+
+#: Python DB drivers SQLAlchemy needs for the RDB URL schemes, and how to install them
+_DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "postgresql+psycopg2": ("psycopg2", "psycopg2-binary"),
+            "postgresql+psycopg": ("psycopg", "psycopg[binary]"), "mysql": ("MySQLdb", "mysqlclient"),
+            "mysql+pymysql": ("pymysql", "pymysql"), "mysql+mysqldb": ("MySQLdb", "mysqlclient")}
+
+
 def open_storage(location: str) -> optuna.storages.BaseStorage:
-    """An RDB storage for a URL (postgresql://, mysql://, sqlite:///), else a journal file."""
+    """An RDB storage for a URL (postgresql://, mysql://, sqlite:///), else a journal file.
+
+    A missing DB driver or an unreachable database is a :class:`ConfigError` naming the
+    storage with its password masked (never a traceback that prints the password)."""
     if "://" in location:
-        return optuna.storages.RDBStorage(location)
+        scheme = location.split("://", 1)[0].lower()
+        need = _DRIVERS.get(scheme)
+        if need is not None:
+            import importlib.util
+
+            if importlib.util.find_spec(need[0]) is None:
+                raise ConfigError(f"--storage {mask_storage(location)}: the database driver for {scheme}:// is not "
+                                  f"installed (Python module {need[0]!r}); install it with `pip install {need[1]}`, "
+                                  "or use a journal file (--storage path/to/study.journal) or sqlite:///path.db")
+        try:
+            # heartbeats: a RUNNING trial of a live driver (on any machine) keeps beating, so another
+            # driver joining the study never takes it for the leftover of a killed one
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(location, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except ImportError as exc:
+            raise ConfigError(f"--storage {mask_storage(location)}: a database driver is missing ({exc.name or exc}); "
+                              "install it with pip, or use a journal file or sqlite:///path.db") from None
+        except Exception as exc:  # noqa: BLE001 - connection errors can echo the URL: mask it
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            pw = _password(location)
+            if pw:
+                msg = msg.replace(pw, "***")
+            raise ConfigError(f"cannot open storage {mask_storage(location)}: {type(exc).__name__}: {msg[:300]}") from None
     from optuna.storages.journal import JournalFileBackend
 
     Path(location).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(location))
+
+
+def _password(location: str) -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(location).password or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class StudyLock:
+    """One driver per study: an exclusive ``flock`` on ``<study_dir>/.tune.lock`` (and, for a
+    journal storage elsewhere, ``<journal>.lock``), recording the holder's pid and host. The
+    kernel drops the lock when the holder dies, so a killed driver never leaves a stale lock,
+    and a second ``raysim tune`` on the same study is refused before it touches the storage
+    (it would otherwise mark the first driver's running trials as failed)."""
+
+    def __init__(self, study_dir: Path, location: str):
+        self.paths = [study_dir / ".tune.lock"]
+        if "://" not in location:
+            j = Path(location).resolve()
+            if j.parent != study_dir.resolve():
+                self.paths.append(j.with_name(j.name + ".lock"))
+        self.fds: list[int] = []
+
+    def acquire(self) -> "StudyLock":
+        import fcntl
+        import socket
+
+        from raysim.outcome import Busy
+
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                self.release()
+                raise Busy(f"study storage in use: another `raysim tune` driver ({holder}) holds {path}; wait for "
+                           "it to finish, or run more trials at once with --parallel in that driver") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            self.fds.append(fd)
+        return self
+
+    def release(self) -> None:
+        import fcntl
+
+        for fd in self.fds:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        self.fds = []
 
 
 #: Optuna >= 5 takes constraints from ``Trial.set_constraint``; older versions from the
@@ -82,14 +193,17 @@ def open_storage(location: str) -> optuna.storages.BaseStorage:
 NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded with ``study.seed + offset``: a resumed study passes the number
+    of trials already in the storage, so it never draws the first trials' parameters again."""
     s = spec.study
+    seed = s.seed + int(offset)
     cons = {} if NATIVE_CONSTRAINTS else {"constraints_func": constraints_func}
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed, **cons)
-    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials, **cons)
+        return optuna.samplers.NSGAIISampler(seed=seed, **cons)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, **cons)
 
 
 def make_pruner(spec: StudySpec, rounds: int) -> optuna.pruners.BasePruner:
@@ -108,15 +222,21 @@ def open_study(spec: StudySpec, location: str, rounds: int = 10) -> optuna.Study
     storage = open_storage(location)
     directions = spec.objective.directions
     try:
+        existing = optuna.load_study(study_name=spec.study.name, storage=storage,
+                                     sampler=optuna.samplers.RandomSampler())
+        offset = len(existing.get_trials(deepcopy=False))
+    except KeyError:
+        offset = 0
+    try:
         study = optuna.create_study(study_name=spec.study.name, storage=storage, directions=directions,
-                                    sampler=make_sampler(spec), pruner=make_pruner(spec, rounds),
+                                    sampler=make_sampler(spec, offset), pruner=make_pruner(spec, rounds),
                                     load_if_exists=True)
     except ValueError as exc:
-        raise ConfigError(f"storage {location} holds a study named {spec.study.name!r} that does not match "
+        raise ConfigError(f"storage {mask_storage(location)} holds a study named {spec.study.name!r} that does not match "
                           f"this study file ({exc}); use another --storage / --out, or rename the study") from None
     have = [d.name.lower() for d in study.directions]
     if have != directions:
-        raise ConfigError(f"storage {location} holds study {spec.study.name!r} with directions {have}, but the "
+        raise ConfigError(f"storage {mask_storage(location)} holds study {spec.study.name!r} with directions {have}, but the "
                           f"study file asks for {directions}; use another --storage / --out, or rename the study")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -124,22 +244,81 @@ def open_study(spec: StudySpec, location: str, rounds: int = 10) -> optuna.Study
     return study
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Mark trials left RUNNING (by a killed study) as FAIL; returns their numbers.
+def _driver_id() -> str:
+    import socket
 
-    Only one driver may run a given study at a time: a second driver's running trials would
-    be marked failed too.
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _is_stale(study: optuna.Study, t: optuna.trial.FrozenTrial, beat_stale: set[int] | None) -> bool:
+    """Whether a RUNNING trial belongs to a driver that is gone.
+
+    Journal storage: always (a live driver holds the :class:`StudyLock`, so none runs here).
+    RDB storage (drivers may be on other machines): its driver, recorded in the ``driver``
+    user attribute, is a dead process on this host, or its heartbeat stopped ``GRACE_S`` ago."""
+    if beat_stale is None:
+        return True
+    if t._trial_id in beat_stale:
+        return True
+    import socket
+
+    host, _, pid = str(t.user_attrs.get("driver", "")).rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        from raysim.checkpoint import _pid_alive
+
+        return not _pid_alive(int(pid))
+    return False
+
+
+def fail_stale_trials(study: optuna.Study, requeue: bool = True) -> list[int]:
+    """Mark trials left RUNNING by a killed driver as FAIL and, with ``requeue``, enqueue their
+    parameters again so that they are re-run; returns their numbers.
+
+    A RUNNING trial of another live driver is never touched (:func:`_is_stale`). A stale trial
+    is marked ``requeued`` before it is failed, so a driver killed again later never enqueues
+    the same parameters twice.
     """
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)      # Optuna wraps an RDB storage in a cache
+    beat_stale = None
+    if isinstance(backend, optuna.storages.RDBStorage):
+        # RDB: drivers may be on other machines, so only trials whose driver is known to be gone
+        beat_stale = set(backend._get_stale_trial_ids(study._study_id)) if backend.get_heartbeat_interval() else set()
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "error", STALE_ERROR)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if not _is_stale(study, t, beat_stale):
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, "error", STALE_ERROR)
+            if requeue and t.params:
+                storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except RuntimeError:   # another driver finished or failed it meanwhile
+            continue
+        if requeue and t.params:
+            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
         stale.append(t.number)
     return stale
 
 
+class _Tagged:
+    """The objective, with each trial tagged by the driver that runs it (host:pid), which is
+    how another driver tells a live trial from the leftover of a killed one."""
+
+    def __init__(self, objective: Any):
+        self.objective = objective
+        self.driver = _driver_id()
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        trial.set_user_attr("driver", self.driver)
+        return self.objective(trial)
+
+
 def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    """Trials that count toward ``n_trials``: COMPLETE, PRUNED and FAIL, except interrupted
+    trials whose parameters were queued again (their re-run counts instead)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
+               if not (t.state == TrialState.FAIL and t.user_attrs.get("requeued")))
 
 
 # -- the reporter actor ---------------------------------------------------------------------
@@ -285,10 +464,16 @@ class _TrialRunner:
                               "".join(traceback.format_exception(exc))[-4000:])
 
     def _finish(self, trial: optuna.Trial, cfg: Any, result: Any, t0: float) -> float | list[float]:
+        from raysim.outcome import OK, status_of
+
         spec = self.spec
         final = result.summary["final"]
         trial.set_user_attr("wall_s", time.perf_counter() - t0)
         trial.set_user_attr("run_wall_s", float(result.summary.get("wall_s", float("nan"))))
+        status = status_of(result.summary)
+        trial.set_user_attr("status", status)
+        if status != OK:    # diverged / empty_model / no_participation: recorded with the reason, never a value
+            return self._fail(trial, f"run {status}: {result.summary.get('status_reason', '')}")
         target = spec.objective.target_density or cfg.algorithm.rho
         cons, facts = constraint_values(final, int(result.summary["p"]), target)
         record_constraints(trial, cons)  # user attr, Optuna 5 set_constraint, optuna-dashboard's list
@@ -325,14 +510,31 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | 
               parallel: int | None = None, storage: str | None = None, out: str | Path | None = None,
               overrides: dict[str, Any] | None = None, progress: bool = True,
               report: bool = True, cold: bool = False) -> StudyResult:
-    """Run (or resume) a study until ``n_trials`` trials are finished (COMPLETE, PRUNED or FAIL).
+    """Run (or resume) a study until ``n_trials`` trials are finished (COMPLETE, PRUNED or FAIL;
+    a trial interrupted by a killed driver is run again and does not count).
 
-    ``overrides`` are dotted config keys fixed on top of the study's ``[fixed]`` table.
+    ``overrides`` are dotted config keys fixed on top of the study's ``[fixed]`` table. One
+    driver per study: a second one raises :class:`raysim.outcome.Busy` (:class:`StudyLock`).
     By default trials run warm: on a pool of actors that keeps the scenario's data for the
     whole study, ``parallel`` trials advancing together in batched Ray calls
     (``raysim.cluster.warm``). ``cold=True``: each trial with fresh actors in its own
     placement group.
     """
+    study_dir = study_dir_for(spec, out)
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"study folder {study_dir} is a file; give --out a folder")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    lock = StudyLock(study_dir, storage_location(spec, study_dir, storage)).acquire()
+    try:
+        return _run_study(spec, n_trials=n_trials, timeout=timeout, parallel=parallel, storage=storage, out=out,
+                          overrides=overrides, progress=progress, report=report, cold=cold)
+    finally:
+        lock.release()
+
+
+def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, parallel: int | None,
+               storage: str | None, out: str | Path | None, overrides: dict[str, Any] | None, progress: bool,
+               report: bool, cold: bool = False) -> StudyResult:
     import ray
 
     from raysim.cluster.driver import check_resources
@@ -354,19 +556,19 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | 
     study = open_study(spec, location, rounds=base_cfg.run.rounds)
     stale = fail_stale_trials(study)
     if stale:
-        console.print(f"resuming: trial(s) {', '.join(map(str, stale))} were left running by a killed study "
-                      "and are marked failed")
+        console.print(f"resuming: trial(s) {', '.join(map(str, stale))} were left running by a killed study; "
+                      "they are marked failed and their parameters run again")
     done = finished_count(study)
     remaining = max(0, total - done)
     console.print(f"study [bold]{spec.study.name}[/]: {done} of {total} trials finished, running {remaining} "
-                  f"({k} at a time); storage {location}")
+                  f"({k} at a time); storage {mask_storage(location)}")
     t0 = time.perf_counter()
     if remaining and base_cfg.cluster.backend == "local":
         # in-process trials (no Ray): k threads share this process
         reporters_local: queue.Queue = queue.Queue()
         bar = _Bar(remaining, console, spec)
         try:
-            study.optimize(_TrialRunner(spec, study_dir, overrides, reporters_local), n_trials=remaining,
+            study.optimize(_Tagged(_TrialRunner(spec, study_dir, overrides, reporters_local)), n_trials=remaining,
                            timeout=timeout, n_jobs=k, catch=(Exception,), callbacks=[bar.callback],
                            gc_after_trial=False)
         finally:
@@ -380,7 +582,7 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | 
             check_resources(base_cfg)
             bar = _Bar(remaining, console, spec)
             try:
-                study.optimize(_TrialRunner(spec, study_dir, overrides, queue.Queue(), federation=fed),
+                study.optimize(_Tagged(_TrialRunner(spec, study_dir, overrides, queue.Queue(), federation=fed)),
                                n_trials=remaining, timeout=timeout, n_jobs=k, catch=(Exception,),
                                callbacks=[bar.callback], gc_after_trial=False)
             finally:
@@ -409,7 +611,7 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | 
                 reporters.put(actor)
             bar = _Bar(remaining, console, spec)
             try:
-                study.optimize(_TrialRunner(spec, study_dir, overrides, reporters), n_trials=remaining,
+                study.optimize(_Tagged(_TrialRunner(spec, study_dir, overrides, reporters)), n_trials=remaining,
                                timeout=timeout, n_jobs=k, catch=(Exception,), callbacks=[bar.callback],
                                gc_after_trial=False)
             finally:
@@ -435,7 +637,7 @@ def _write_meta(spec: StudySpec, study_dir: Path, location: str) -> None:
         dst = study_dir / "study.toml"
         if Path(spec.source).resolve() != dst.resolve():
             shutil.copyfile(spec.source, dst)
-    loc = location if "://" in location else os.path.relpath(location, study_dir)
+    loc = mask_storage(location) if "://" in location else os.path.relpath(location, study_dir)
     (study_dir / "study.json").write_text(json.dumps({"study_name": spec.study.name, "storage": loc}, indent=2))
 
 
@@ -447,6 +649,9 @@ def load_from_dir(study_dir: str | Path, storage: str | None = None) -> optuna.S
         raise ConfigError(f"{d} is not a study folder (no study.json); give the folder `raysim tune` printed")
     meta = json.loads(meta_path.read_text())
     loc = storage or meta["storage"]
+    if storage is None and "://" in loc and "***" in loc:
+        raise ConfigError(f"{meta_path} records the storage {loc} without its password (never written to disk); "
+                          "give the full URL with --storage")
     if "://" not in loc and not Path(loc).is_absolute():
         loc = str(d / loc)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
