@@ -132,8 +132,10 @@ class DataSection(_Section):
     label_rate: float = Field(0.2, gt=0, lt=1, description="mlc: label biases are set so that about this fraction of labels is on.")
     val_samples: int = Field(
         0, ge=0,
-        description="Validation set size: a mixture draw separate from the test set (its own 'val' random "
-                    "streams), evaluated as val_* metrics; 0: no validation set. Tuning objectives use it.")
+        description="Validation set size: synthetic data: a mixture draw separate from the test set (its own 'val' "
+                    "random streams); real data: a seeded draw out of the training pool before it is split over "
+                    "the clients (at most a fifth of the pool). Evaluated as val_* metrics; 0: no validation set. "
+                    "Tuning objectives use it.")
 
 
 class PartitionSection(_Section):

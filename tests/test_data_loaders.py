@@ -211,3 +211,27 @@ def test_cli_prints_missing_file_error(ray_session, tmp_path, capsys):
                "--set", f"run.out_dir='{tmp_path / 'runs'}'"])
     err = capsys.readouterr().err
     assert rc == 2 and "raysim: error: fashion-mnist: missing file(s)" in err and "Traceback" not in err
+
+
+def test_real_data_validation_split_is_taken_out_of_the_training_pool():
+    """data.val_samples > 0 on real data: a seeded split of the training pool, disjoint from every
+    client's data and from the test set, so tuning studies can score trials on real datasets."""
+    import numpy as np
+
+    from raysim.config import load_config
+    from raysim.data import build_federation
+
+    cfg = load_config(None, ["data.kind='real'", "data.dataset='digits'", "data.task='mc'", "data.n_clients=10",
+                             "data.val_samples=200"])
+    fed = build_federation(cfg.data, 0, cfg.partition)
+    xv, yv = fed.val_set(200)
+    assert xv.shape[0] == yv.shape[0] == 200
+    used = np.concatenate([fed.pool[np.concatenate(fed.client_indices(k))] for k in range(10)])
+    assert not set(fed._val_idx) & set(used)                 # no client holds a validation sample
+    again = build_federation(cfg.data, 0, cfg.partition)
+    np.testing.assert_array_equal(again.val_set(200)[0], xv)   # seeded
+    plain = load_config(None, ["data.kind='real'", "data.dataset='digits'", "data.task='mc'", "data.n_clients=10"])
+    fed0 = build_federation(plain.data, 0, plain.partition)
+    assert fed0.client_sizes().sum() > fed.client_sizes().sum()   # it came out of the training pool
+    with pytest.raises(Exception, match="val_samples"):
+        fed0.val_set(10)

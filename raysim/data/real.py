@@ -471,6 +471,14 @@ class RealFederation(Federation):
         if self._test_idx.size > cfg.test_samples:
             g = rngmod.generator(self.seed, "real-test-subsample")
             self._test_idx = np.sort(g.choice(self._test_idx, size=cfg.test_samples, replace=False))
+        self._val_idx = np.zeros(0, dtype=np.int64)
+        if getattr(cfg, "val_samples", 0) > 0:
+            # validation split for tuning: a seeded draw out of the training pool, made before the
+            # pool is split over the clients (at most a fifth of it), never from the test set
+            n_val = min(int(cfg.val_samples), pool.size // 5)
+            g = rngmod.generator(self.seed, "real-val-split")
+            self._val_idx = np.sort(g.choice(pool, size=n_val, replace=False))
+            pool = np.setdiff1d(pool, self._val_idx)
         self.pool = pool
         self.y_pool = y_all[pool]
         if raw.image_shape is not None:
@@ -575,6 +583,13 @@ class RealFederation(Federation):
 
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
         return self._features(self._test_src, self._test_idx), self._labels_of(self._test_src, self._test_idx)
+
+    def val_set(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The validation split taken out of the training pool (``data.val_samples`` > 0)."""
+        if self._val_idx.size == 0:
+            raise ConfigError("this real-data federation was built without a validation split; set "
+                              "data.val_samples > 0 (tuning studies do)")
+        return self._features("train", self._val_idx), self._labels_of("train", self._val_idx)
 
     def label_counts(self) -> np.ndarray:
         """``[clients, labels]`` training-label counts (positives per topic for mlc)."""
