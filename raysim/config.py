@@ -85,7 +85,7 @@ class RunSection(_Section):
 
 
 class DataSection(_Section):
-    """The dataset (synthetic generator knobs; DATA.md section 1)."""
+    """The dataset (synthetic generator knobs; docs/data.md section 1)."""
 
     kind: Literal["synthetic", "real"] = Field(
         "synthetic", description="Data source: synthetic (the generator below, ground truth known) or real "
@@ -139,7 +139,7 @@ class DataSection(_Section):
 
 
 class PartitionSection(_Section):
-    """How a real dataset is split over the clients (DATA.md section 3); unused by synthetic data."""
+    """How a real dataset is split over the clients (docs/data.md section 3); unused by synthetic data."""
 
     kind: Literal["iid", "dirichlet", "shards", "quantity", "natural"] = Field(
         "iid", description="iid (equal random split), dirichlet (per class, proportions ~ Dirichlet(alpha) over "
@@ -159,7 +159,7 @@ class PartitionSection(_Section):
 
 
 class ParticipationSection(_Section):
-    """Which clients take part in each communication step (DATA.md section 4)."""
+    """Which clients take part in each communication step (docs/data.md section 4)."""
 
     kind: Literal["uniform", "availability"] = Field(
         "uniform", description="Who is selected: uniform (round(rate N) clients among all) or availability (each "
@@ -186,7 +186,7 @@ class ParticipationSection(_Section):
 
 
 class AlgorithmSection(_Section):
-    """The federated algorithm and its knobs (ALGORITHMS.md sections 2-6)."""
+    """The federated algorithm and its knobs (docs/algorithms.md sections 2-6)."""
 
     name: Literal["flops", "flops-ent", "flops-pa", "flops-pa-ent", "fedavg", "fedavg-prune", "fed-ht",
                   "fediter-ht", "fedprox", "ser", "fedeba"] = Field(

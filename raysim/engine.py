@@ -282,7 +282,7 @@ class ServerCore:
             sel[self.feature_index[nz]] = True
             out.update(support_metrics(sel, self.true_support))
             if self.feature_index.size != self.true_support.size:
-                # several weights per feature (mc, mlc): also per weight (ALGORITHMS.md section 7)
+                # several weights per feature (mc, mlc): also per weight (docs/algorithms.md section 7)
                 per_w = support_metrics(nz, self.true_support[self.feature_index])
                 out.update({f"{k}_weight": v for k, v in per_w.items()})
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Metrics of ALGORITHMS.md sections 8 and 9: support recovery, stability, fairness, bytes."""
+"""Metrics of docs/algorithms.md sections 8 and 9: support recovery, stability, fairness, bytes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Task families as functional models over a flat parameter vector (ALGORITHMS.md section 7).
+"""Task families as functional models over a flat parameter vector (docs/algorithms.md section 7).
 
 A model's parameters live in one flat vector ``theta`` of length P. The gated tensors come
 first, so the gated parameters are exactly ``theta[:p]`` and the gate vector ``phi`` has
@@ -158,7 +158,7 @@ class _LinearHead(Model):
 
 class LogisticRegression(_LinearHead):
     """lg: binary logistic regression, p(y=1|x) = sigmoid(x . w + b), binary cross-entropy
-    (ALGORITHMS.md section 7). Test metrics: accuracy, log loss, AUC (section 8)."""
+    (docs/algorithms.md section 7). Test metrics: accuracy, log loss, AUC (section 8)."""
 
     name = "lg"
     test_metric = "accuracy"
@@ -288,7 +288,7 @@ class _FedAvgCNNModule(torch.nn.Module):
 
 
 class FedAvgCNN(Model):
-    """cnn: the FedAvg CNN of McMahan et al. 2017 (ALGORITHMS.md section 7).
+    """cnn: the FedAvg CNN of McMahan et al. 2017 (docs/algorithms.md section 7).
 
     conv 5x5 (32, 'same') - ReLU - maxpool 2 - conv 5x5 (64, 'same') - ReLU - maxpool 2 -
     dense 512 - ReLU - dense C: 1,663,370 parameters on 28x28 inputs with 10 classes. The

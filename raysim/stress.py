@@ -1,4 +1,4 @@
-"""Heterogeneity stress tests: ``raysim stress GRID.toml`` (DATA.md section 4, last point).
+"""Heterogeneity stress tests: ``raysim stress GRID.toml`` (docs/data.md section 4, last point).
 
 A grid file is a scenario (the usual ``[run]``, ``[data]``, ``[partition]``,
 ``[participation]``, ``[algorithm]``, ``[cluster]`` sections, optionally on top of a ``base``

@@ -1,4 +1,4 @@
-"""ser (sign-entropy, double backprop) and fedeba (FedEBA+ aggregation) (ALGORITHMS.md section 6)."""
+"""ser (sign-entropy, double backprop) and fedeba (FedEBA+ aggregation) (docs/algorithms.md section 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""fedavg, fedprox, fedavg-prune and the vectorised local-training machinery (ALGORITHMS.md section 6)."""
+"""fedavg, fedprox, fedavg-prune and the vectorised local-training machinery (docs/algorithms.md section 6)."""
 
 from __future__ import annotations
 

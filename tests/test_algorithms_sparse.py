@@ -1,4 +1,4 @@
-"""flops-pa, the entropy variants, fed-ht and fediter-ht (ALGORITHMS.md sections 4-6, 9)."""
+"""flops-pa, the entropy variants, fed-ht and fediter-ht (docs/algorithms.md sections 4-6, 9)."""
 
 from __future__ import annotations
 

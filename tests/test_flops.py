@@ -1,4 +1,4 @@
-"""FLoPS (ALGORITHMS.md sections 2-3): one engine step against the same step by hand,
+"""FLoPS (docs/algorithms.md sections 2-3): one engine step against the same step by hand,
 the dual step and its restart, and the exact density after prune_start."""
 
 import math

@@ -1,4 +1,4 @@
-"""Hard concrete gate math (ALGORITHMS.md section 1) against independent computations."""
+"""Hard concrete gate math (docs/algorithms.md section 1) against independent computations."""
 
 import math
 

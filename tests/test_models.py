@@ -1,4 +1,4 @@
-"""Models lg, mc, mlc, cnn and their synthetic data (ALGORITHMS.md sections 7-8, DATA.md section 1)."""
+"""Models lg, mc, mlc, cnn and their synthetic data (docs/algorithms.md sections 7-8, docs/data.md section 1)."""
 
 from __future__ import annotations
 

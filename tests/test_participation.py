@@ -1,4 +1,4 @@
-"""Participation models (DATA.md section 4): rates match their parameters; stragglers' partial work."""
+"""Participation models (docs/data.md section 4): rates match their parameters; stragglers' partial work."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Partitioners and heterogeneity statistics (DATA.md section 3), and layout independence of client data."""
+"""Partitioners and heterogeneity statistics (docs/data.md section 3), and layout independence of client data."""
 
 from __future__ import annotations
 

@@ -43,9 +43,6 @@ def _sections(doc: Path) -> set[int]:
     return {int(n) for n in re.findall(r"^## (\d+)\. ", doc.read_text(), flags=re.M)}
 
 
-@pytest.mark.xfail(strict=False, reason="the docstrings still cite the design notes outside the repository; "
-                                        "the lead engineer replaces those citations by docs/ ones and then "
-                                        "removes this marker")
 def test_no_tracked_file_outside_docs_cites_the_outside_notes():
     offenders = []
     for rel in _tracked():

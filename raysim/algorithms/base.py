@@ -117,7 +117,7 @@ def minibatch(data: StackedClients, idx: torch.Tensor, seed: int, step: int, b: 
 
 
 def partial_work_mask(mask: torch.Tensor, work: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray]:
-    """Stragglers in a per-step algorithm (DATA.md section 4): a client that completes the
+    """Stragglers in a per-step algorithm (docs/data.md section 4): a client that completes the
     fraction ``work`` of its local work by the deadline has processed only the first
     max(1, ceil(work b_k)) examples of its mini-batch of b_k. Returns the reduced validity
     mask and the steps done per client (``work``, or ones)."""

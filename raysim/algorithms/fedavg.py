@@ -1,4 +1,4 @@
-"""FedAvg, FedProx and FedAvg + magnitude pruning (ALGORITHMS.md section 6).
+"""FedAvg, FedProx and FedAvg + magnitude pruning (docs/algorithms.md section 6).
 
 * **fedavg** (McMahan et al. 2017): E local epochs of dense mini-batch SGD from the global
   model, then the weighted average of the client models (``theta += server_lr * mean delta``).

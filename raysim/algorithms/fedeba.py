@@ -1,6 +1,6 @@
 """FedEBA+ (practical variant): entropy-based aggregation with model alignment
 (Wang et al., "Entropy-driven Fair and Effective Federated Learning", arXiv 2301.12407;
-ALGORITHMS.md section 6).
+docs/algorithms.md section 6).
 
 Each selected client k reports F_k, its loss on all its training data at the broadcast
 model (before training), and trains like FedAvg. The server forms

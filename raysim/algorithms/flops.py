@@ -4,7 +4,7 @@ Source: Huthasana, Olama, Lundell, "Federated Learning With L0 Constraint Via Pr
 Gates For Sparsity", arXiv 2512.23071; entropy term from "Entropy-Regularized Probabilistic
 Gates for Sparse Model Discovery in Scarce-Data Federated Learning", arXiv 2607.00275.
 
-One communication step (ALGORITHMS.md section 2):
+One communication step (docs/algorithms.md section 2):
 
 * clients draw a mini-batch and their own gate noise and return the gradients of their
   mini-batch loss at ``theta_tilde * z`` with respect to ``theta_tilde`` and ``phi``;

@@ -1,4 +1,4 @@
-"""FLoPS-PA: FLoPS with local epochs and partial aggregation (ALGORITHMS.md section 5),
+"""FLoPS-PA: FLoPS with local epochs and partial aggregation (docs/algorithms.md section 5),
 and its entropy-regularised variant flops-pa-ent (section 4).
 
 Source: Huthasana, Olama, Lundell, arXiv 2512.23071 (FLoPS-PA); entropy term: arXiv 2607.00275.

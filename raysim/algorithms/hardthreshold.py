@@ -1,5 +1,5 @@
 """Fed-HT and FedIter-HT (Tong et al., "Federated Nonconvex Sparse Learning", arXiv 2101.00052;
-ALGORITHMS.md section 6).
+docs/algorithms.md section 6).
 
 * **fed-ht**: FedAvg local training; the server applies the hard-thresholding operator H_m
   (keep the m = floor(rho p) largest |theta| over the gated tensors, zero the rest) to the

@@ -1,5 +1,5 @@
 """Vectorised multi-epoch local training, shared by every algorithm that communicates once
-per round (FLoPS-PA and the baselines of ALGORITHMS.md sections 5 and 6).
+per round (FLoPS-PA and the baselines of docs/algorithms.md sections 5 and 6).
 
 A round (one communication step, ``per_step = False``):
 

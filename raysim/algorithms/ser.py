@@ -1,5 +1,5 @@
 """SER: sign-entropy regularisation (Khan, "Sign-Entropy Regularization for Personalized
-Federated Learning", Entropy 27(6):601, 2025; ALGORITHMS.md section 6).
+Federated Learning", Entropy 27(6):601, 2025; docs/algorithms.md section 6).
 
 The local objective of FedAvg (``ser_base = "fedavg"``) or FedProx (``ser_base = "fedprox"``,
 strength ``mu``) gets the term ``rho_s * H_sign(w)``:

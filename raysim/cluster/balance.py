@@ -1,13 +1,13 @@
 """Load balancing: which client actor hosts which virtual clients.
 
 A step is as slow as its slowest client actor, so clients are spread over the actors to make
-the *expected work per step* even (ARCHITECTURE.md, "The Ray design": one actor trains all of
+the *expected work per step* even (docs/architecture.md, "The Ray design": one actor trains all of
 its selected clients in one pass). The expected work of client k is
 
     E[work_k] = P(k selected in a step) x E[fraction of local work done | selected] x cost_k
 
 * the participation terms are measured on the participation model itself: it is a pure
-  function of (seed, step) (DATA.md section 4), so its selections over the run's first steps
+  function of (seed, step) (docs/data.md section 4), so its selections over the run's first steps
   are replayed (no random draw is consumed, nothing changes in the run); uneven
   participation (availability, stragglers) is therefore taken into account whatever the model;
 * cost_k is the number of samples a client processes per step: min(b, n_k) for per-step

@@ -1,4 +1,4 @@
-"""Federations (dataset + partition), participation models (DATA.md)."""
+"""Federations (dataset + partition), participation models (docs/data.md)."""
 
 from raysim.data.federation import ClientData, Federation, build_federation, stack_clients
 

@@ -59,7 +59,7 @@ class Federation:
     def stats(self) -> dict[str, Any]:
         """Heterogeneity statistics of the federation (recorded in the run directory).
 
-        Size spread always; with :meth:`label_counts`, the label skew of DATA.md section 3
+        Size spread always; with :meth:`label_counts`, the label skew of docs/data.md section 3
         (``raysim.data.partition.label_heterogeneity``) and the count matrix of the first
         ``MAX_LABEL_ROWS`` clients (``label_counts``, drawn as a clients x labels heatmap).
         """

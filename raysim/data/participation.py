@@ -1,4 +1,4 @@
-"""Participation models (DATA.md section 4): who is selected in a step, who reports, how much work.
+"""Participation models (docs/data.md section 4): who is selected in a step, who reports, how much work.
 
 A model is a pure function of ``(seed, step)`` (and of client ids for per-client traits),
 so the same clients take part whatever the Ray layout, and a resumed run continues the
@@ -148,7 +148,7 @@ class Uniform(Participation):
 
 class Availability(Uniform):
     """availability: client k is available in a step with probability a_k, then round(q N) are
-    sampled among the available clients (DATA.md section 4)."""
+    sampled among the available clients (docs/data.md section 4)."""
 
     def availabilities(self, ids: np.ndarray | None = None) -> np.ndarray:
         """a_k: Beta(avail_a, avail_b) by inverse CDF of a counter-based uniform, or two-tier."""

@@ -1,4 +1,4 @@
-"""Partitioners of a real dataset over clients, and heterogeneity statistics (DATA.md section 3).
+"""Partitioners of a real dataset over clients, and heterogeneity statistics (docs/data.md section 3).
 
 A partition maps every sample of the training pool to at most one client. It is computed
 once from ``(seed, partition parameters, n_clients)`` by every process that needs it (the

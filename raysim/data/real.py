@@ -1,4 +1,4 @@
-"""Real datasets and the federation that splits them over clients (DATA.md sections 2 and 3).
+"""Real datasets and the federation that splits them over clients (docs/data.md sections 2 and 3).
 
 Nothing is downloaded: the loaders read files from the data directory (``data.data_dir``,
 else the ``RAYSIM_DATA_DIR`` environment variable, else ``datasets/cache/``); a missing or

@@ -1,4 +1,4 @@
-"""Synthetic federations with a known true support (DATA.md section 1).
+"""Synthetic federations with a known true support (docs/data.md section 1).
 
 * Support S*: round(rho_true p) features drawn once from the seed, shared by all clients.
 * beta* on S*: magnitude Uniform(0.5, 1.5) with a random sign, zero elsewhere.
@@ -78,7 +78,7 @@ def toeplitz_quadratic(beta: np.ndarray, support: np.ndarray, rho: float) -> flo
 
 
 class SyntheticFederation(Federation):
-    """The synthetic generator of DATA.md section 1 for a ``[data]`` config section."""
+    """The synthetic generator of docs/data.md section 1 for a ``[data]`` config section."""
 
     def __init__(self, cfg: Any, seed: int):
         self.cfg = cfg

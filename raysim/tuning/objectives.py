@@ -2,7 +2,7 @@
 
 A trial is scored on the final evaluation of the deployed model (the ``final`` row of its
 summary), on the validation split (``val_*`` metrics; the test set is never used for
-selection). Feasibility is the density target of ALGORITHMS.md section 3: the deployed model
+selection). Feasibility is the density target of docs/algorithms.md section 3: the deployed model
 must have nnz <= floor(target p) and density <= target. Infeasible trials are kept in the
 study (Optuna's samplers learn from them through ``constraints_func``) but are never
 reported as best: single-objective best and the Pareto front are taken over feasible trials.

@@ -1,6 +1,6 @@
 """From a study file and an Optuna trial to the config of one raysim run.
 
-The space speaks the method's language (ALGORITHMS.md sections 2-4): a learning-rate ratio
+The space speaks the method's language (docs/algorithms.md sections 2-4): a learning-rate ratio
 is sampled as a ratio and turned into ``algorithm.eta_phi = ratio * algorithm.eta_theta``,
 ``eta_lambda`` (dimensionless) on a log scale, tau_0 on a log scale with
 a categorical switch for exactly 0. Any other dotted config key is a plain float, int or

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raysim.config import ConfigError, read_toml
 
-#: Search-space kinds that speak the method's language (ALGORITHMS.md sections 2-4): each is a
+#: Search-space kinds that speak the method's language (docs/algorithms.md sections 2-4): each is a
 #: preset of the generic fields (config key, log scale, what the sampled value multiplies or
 #: divides, the 0 switch, extra fixed settings).
 PRESETS: dict[str, dict[str, Any]] = {
