@@ -71,13 +71,13 @@ CLAIMS: list[dict[str, Any]] = [
      "ref": "ser", "others": ["fedavg", "fedprox"], "scenarios": ["mnist5k-skew"], "measures": ["metric"]},
 ]
 
-_FLOPS_SPACE = {
-    "eta_theta": {"key": "algorithm.eta_theta", "low": 0.01, "high": 3.0, "log": True},
-    "eta_ratio": {"kind": "eta_phi_ratio", "low": 0.3, "high": 30.0},
-    "eta_lambda": {"kind": "eta_lambda", "low": 1e-4, "high": 0.1},
-    "prune_start": {"kind": "prune_start", "low": 0.3, "high": 0.8},
+_FLOPS_SPACE = {   # the ranges of the per-task defaults studies (tuning/defaults-*.toml)
+    "eta_theta": {"key": "algorithm.eta_theta", "low": 0.01, "high": 30.0, "log": True},
+    "eta_ratio": {"kind": "eta_phi_ratio", "low": 0.1, "high": 100.0},
+    "eta_lambda": {"kind": "eta_lambda", "low": 1e-6, "high": 1.0},
+    "prune_start": {"kind": "prune_start", "low": 0.2, "high": 0.8},
 }
-_DENSE = {"eta_local": {"key": "algorithm.eta_local", "low": 0.003, "high": 5.0, "log": True}}
+_DENSE = {"eta_local": {"key": "algorithm.eta_local", "low": 1e-4, "high": 30.0, "log": True}}
 
 #: each method's tuned knobs (same number of trials for every method)
 SPACES: dict[str, dict[str, Any]] = {
@@ -375,12 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5, help="fresh seeds 1..N for the evaluation")
     ap.add_argument("--workers", type=int, default=2, help="(scenario, method) units run at once")
     ap.add_argument("--only", nargs="*", help="scenarios to run (default all)")
+    ap.add_argument("--methods", nargs="*", help="methods to run (default all)")
     ap.add_argument("--report", action="store_true", help="only redraw tables and plots")
     args = ap.parse_args(argv)
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     if not args.report:
-        todo = [(s, m) for s, m in units() if not args.only or s in args.only]
+        todo = [(s, m) for s, m in units()
+                if (not args.only or s in args.only) and (not args.methods or m in args.methods)]
         seeds = list(range(1, args.seeds + 1))
         log = root / "units.jsonl"
         print(f"{len(todo)} (scenario, method) units, {args.trials} trials each "
