@@ -401,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
                     fh.write(json.dumps(r, default=str) + "\n")
                 print(f"[{i}/{len(todo)}] {s} {m}: " + (r.get("error") or
                       f"best val {r['best_val']:.4f} in {r['wall_s']:.0f} s"), flush=True)
+        if log.exists():   # keep the newest line of each (scenario, method)
+            last = {}
+            for line in log.read_text().splitlines():
+                r = json.loads(line)
+                last[(r["scenario"], r["method"])] = r
+            log.write_text("".join(json.dumps(v, default=str) + "\n" for v in last.values()))
     report(root)
     return 0
 
