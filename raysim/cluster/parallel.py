@@ -28,6 +28,12 @@ class RunFailed(RuntimeError):
         super().__init__(message)
         self.details = details
 
+    @classmethod
+    def of(cls, i: int, cfg: Config, exc: BaseException) -> "RunFailed":
+        """Run ``i`` (of ``cfg``) raised ``exc``: its message (a Ray error's cause) and traceback."""
+        cause = getattr(exc, "cause", None) or exc
+        return cls(f"run {i} ({cfg.run.name}) failed: {cause}", "".join(traceback.format_exception(exc)))
+
 
 def run_bundles(cfg: Config) -> list[dict[str, float]]:
     """Resource bundles of one run: bundle 0 is the server, then one per client actor."""
@@ -157,9 +163,7 @@ def run_many(cfgs: Sequence[Config], max_parallel: int | None = None,
                     try:
                         results[i] = ray.get(ref)
                     except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                        cause = getattr(exc, "cause", None) or exc
-                        results[i] = RunFailed(f"run {i} ({cfgs[i].run.name}) failed: {cause}",
-                                               "".join(traceback.format_exception(exc)))
+                        results[i] = RunFailed.of(i, cfgs[i], exc)
                     finally:
                         remove_placement_group(pg)
                     if on_result is not None:
@@ -209,9 +213,7 @@ def _run_many_warm(cfgs: list[Config], k: int, on_result: Callable[[int, Any], N
                     try:
                         results[i] = f.result()
                     except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                        cause = getattr(exc, "cause", None) or exc
-                        results[i] = RunFailed(f"run {i} ({cfgs[i].run.name}) failed: {cause}",
-                                               "".join(traceback.format_exception(exc)))
+                        results[i] = RunFailed.of(i, cfgs[i], exc)
                     if on_result is not None:
                         on_result(i, results[i])
                     bar.advance()
@@ -235,8 +237,7 @@ def _run_many_local(cfgs: list[Config], on_result: Callable[[int, Any], None] | 
             try:
                 results[i] = run(cfg, console_output=False)
             except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                results[i] = RunFailed(f"run {i} ({cfg.run.name}) failed: {exc}",
-                                       "".join(traceback.format_exception(exc)))
+                results[i] = RunFailed.of(i, cfg, exc)
             if on_result is not None:
                 on_result(i, results[i])
             bar.advance()

@@ -563,16 +563,18 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
     console.print(f"study [bold]{spec.study.name}[/]: {done} of {total} trials finished, running {remaining} "
                   f"({k} at a time); storage {mask_storage(location)}")
     t0 = time.perf_counter()
-    if remaining and base_cfg.cluster.backend == "local":
-        # in-process trials (no Ray): k threads share this process
-        reporters_local: queue.Queue = queue.Queue()
+
+    def optimize(runner: "_TrialRunner") -> None:
         bar = _Bar(remaining, console, spec)
         try:
-            study.optimize(_Tagged(_TrialRunner(spec, study_dir, overrides, reporters_local)), n_trials=remaining,
-                           timeout=timeout, n_jobs=k, catch=(Exception,), callbacks=[bar.callback],
-                           gc_after_trial=False)
+            study.optimize(_Tagged(runner), n_trials=remaining, timeout=timeout, n_jobs=k, catch=(Exception,),
+                           callbacks=[bar.callback], gc_after_trial=False)
         finally:
             bar.close()
+
+    if remaining and base_cfg.cluster.backend == "local":
+        # in-process trials (no Ray): k threads share this process
+        optimize(_TrialRunner(spec, study_dir, overrides, queue.Queue()))
     elif remaining and not cold:
         from raysim.cluster.warm import WarmFederation
 
@@ -580,13 +582,7 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
         fed = WarmFederation()
         try:
             check_resources(base_cfg)
-            bar = _Bar(remaining, console, spec)
-            try:
-                study.optimize(_Tagged(_TrialRunner(spec, study_dir, overrides, queue.Queue(), federation=fed)),
-                               n_trials=remaining, timeout=timeout, n_jobs=k, catch=(Exception,),
-                               callbacks=[bar.callback], gc_after_trial=False)
-            finally:
-                bar.close()
+            optimize(_TrialRunner(spec, study_dir, overrides, queue.Queue(), federation=fed))
         finally:
             fed.shutdown()
             if started:
@@ -609,13 +605,7 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
                         location, spec.study.name, study.pruner, spec.objective.metrics[0])
                     actors.append(actor)
                 reporters.put(actor)
-            bar = _Bar(remaining, console, spec)
-            try:
-                study.optimize(_Tagged(_TrialRunner(spec, study_dir, overrides, reporters)), n_trials=remaining,
-                               timeout=timeout, n_jobs=k, catch=(Exception,), callbacks=[bar.callback],
-                               gc_after_trial=False)
-            finally:
-                bar.close()
+            optimize(_TrialRunner(spec, study_dir, overrides, reporters))
         finally:
             for a in actors:
                 ray.kill(a)
