@@ -36,6 +36,9 @@ def assert_same_metrics(a: pd.DataFrame, b: pd.DataFrame, rtol: float = 1e-5) ->
     assert list(a["round"]) == list(b["round"])
     cols = [c for c in a.columns if c not in TIMING and c in b.columns]
     assert {"val_r2", "r2", "density", "lambda", "train_loss"} <= set(cols)
+    if "status" in cols:   # the run outcome (text): equal, and ok
+        assert list(a["status"]) == list(b["status"]) and set(a["status"]) == {"ok"}
+        cols.remove("status")
     for c in cols:
         x, y = a[c].to_numpy(dtype=float), b[c].to_numpy(dtype=float)
         np.testing.assert_allclose(x, y, rtol=rtol, atol=1e-7, equal_nan=True, err_msg=c)
