@@ -263,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
         print(f"raysim: error: {exc}", file=sys.stderr)
         return outcome.EXIT_USAGE
+    except BrokenPipeError:
+        # the reader of our output went away (``raysim ... | head``): not an error of raysim; point
+        # stdout at /dev/null so that the interpreter's final flush does not raise again
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return outcome.EXIT_OK
     except OSError as exc:
         import errno
 

@@ -149,3 +149,16 @@ rate = 0.5
     assert (out / "r2_rounds.svg").exists() and not (out / "r2_rounds.png").exists()
     svg = (out / "r2_rounds.svg").read_text()
     assert "flops" in svg and "fedavg" in svg
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`raysim config --doc | head -0`: the reader is gone before raysim writes; raysim exits 0
+    with no traceback (BrokenPipeError handled)."""
+    r, w = os.pipe()
+    os.close(r)                               # nobody will read: the first write fails with EPIPE
+    proc = subprocess.Popen([sys.executable, "-m", "raysim", "config", "--doc"], stdout=w, stderr=subprocess.PIPE,
+                            cwd=ROOT)
+    os.close(w)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
