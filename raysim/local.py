@@ -25,15 +25,28 @@ from raysim.data.participation import build_participation
 from raysim.engine import ClientCohort, ServerCore, fairness_from_scores
 
 
+def local_step(core: ServerCore, cohort: ClientCohort, participation: Any, step: int,
+               payload: dict[str, Any]) -> dict[str, Any]:
+    """One communication step in this process: select, train the reporting clients of the one
+    cohort, aggregate and update on the server. Returns the next broadcast."""
+    sel = participation.select(step)
+    rep = sel.reporting
+    parts: list[Any] = []
+    if rep.size:
+        out = cohort.train(step, payload, rep, sel.work[sel.reported])
+        parts = out if isinstance(out, list) else [out]
+    return core.apply(step, sel.n_selected, parts)
+
+
 class LocalSimulation:
     """One run in this process: a server core, one cohort with all clients, the step loop."""
 
     def __init__(self, cfg: Config):
+        """(No separate data preflight here: in this process a missing or corrupt data file
+        raises its clear error while the server core builds, and a second load would double
+        the start-up of every real-data run.)"""
         import torch
 
-        from raysim.data.real import preflight
-
-        preflight(cfg)
         self.cfg = cfg
         self._threads = torch.get_num_threads()
         torch.set_num_threads(max(1, cfg.cluster.torch_threads))
@@ -65,13 +78,7 @@ class LocalSimulation:
         t0 = time.perf_counter()
         end = min(self.step + self.steps_per_round, self.total_steps)
         for step in range(self.step, end):
-            sel = self.participation.select(step)
-            rep = sel.reporting
-            parts = []
-            if rep.size:
-                out = self.cohort.train(step, self._payload, rep, sel.work[sel.reported])
-                parts = out if isinstance(out, list) else [out]
-            self._payload = self.core.apply(step, sel.n_selected, parts)
+            self._payload = local_step(self.core, self.cohort, self.participation, step, self._payload)
         row = self.core.end_round()
         self.step = end
         row["round"] = math.ceil(end / self.steps_per_round)

@@ -15,6 +15,7 @@ import numpy as np
 from raysim.config import Config
 from raysim.data.participation import build_participation
 from raysim.engine import ClientCohort, ServerCore, fairness_from_scores
+from raysim.local import local_step
 
 
 def run_reference(cfg: Config, steps: int | None = None,
@@ -26,7 +27,7 @@ def run_reference(cfg: Config, steps: int | None = None,
     """
     t0 = time.perf_counter()
     server = ServerCore(cfg)
-    cohort = ClientCohort(cfg, np.arange(server.comp.fed.n_clients))
+    cohort = ClientCohort(cfg, np.arange(server.comp.fed.n_clients), comp=server.comp)  # data built once
     part = build_participation(cfg.participation, server.comp.fed.n_clients, cfg.run.seed)
     sch = server.comp.schedule
     total = sch.total_steps if steps is None else steps
@@ -35,9 +36,7 @@ def run_reference(cfg: Config, steps: int | None = None,
     payload = server.payload()
     t1 = time.perf_counter()
     for step in range(total):
-        sel = part.select(step)
-        partial = cohort.train(step, payload, sel.reporting, sel.work[sel.reported])
-        payload = server.apply(step, sel.n_selected, [partial])
+        payload = local_step(server, cohort, part, step, payload)
         if (step + 1) % sch.steps_per_round == 0 or step + 1 == total:
             row = {"round": sch.round_of(step) + 1, **server.end_round()}
             rnd = row["round"]
