@@ -36,6 +36,17 @@ def assign_clients(n_clients: int, n_actors: int, work: np.ndarray | None = None
     return greedy_balance(work, n_actors)
 
 
+def by_actor(owner: np.ndarray, sel: Any):
+    """The reporting clients of one step's selection ``sel``, grouped by the client actor that
+    holds them (``owner[client id]`` = actor index): yields (actor, client ids, their work)."""
+    rep = sel.reporting
+    work = sel.work[sel.reported]
+    own = owner[rep]
+    for a in np.unique(own):
+        m = own == a
+        yield int(a), rep[m], work[m]
+
+
 def driver_client_sizes(cfg: Config) -> np.ndarray | None:
     """Every client's training size n_k, computed in this process where that is cheap
     (synthetic data: the sizes are drawn without building any client), else None (real data:
@@ -177,13 +188,8 @@ class RaySimulation:
 
     def _dispatch(self, step: int) -> None:
         sel = self.participation.select(step)
-        rep = sel.reporting
-        work = sel.work[sel.reported]
-        owner = self.owner[rep]
-        parts = []
-        for a in np.unique(owner):
-            m = owner == a
-            parts.append(self.actors[a].train.remote(step, self._payload, rep[m], work[m]))
+        parts = [self.actors[a].train.remote(step, self._payload, ids, work)
+                 for a, ids, work in by_actor(self.owner, sel)]
         self._payload = self.server.apply.remote(step, sel.n_selected, *parts)
 
     def submit_round(self) -> tuple[Any, int, float]:

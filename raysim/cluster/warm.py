@@ -48,6 +48,7 @@ import numpy as np
 import ray
 
 from raysim.cluster.actors import _device, _setup_process
+from raysim.cluster.driver import by_actor
 from raysim.config import Config, ConfigError
 
 #: most views (per-slot algorithm objects) a pool client actor caches
@@ -386,15 +387,11 @@ class WarmPool:
                     step = s.step + k
                     sel = s.participation.select(step)
                     sels.append(sel)
-                    rep = sel.reporting
-                    work = sel.work[sel.reported]
-                    own = self.owner[rep]
                     w = []
-                    for a in np.unique(own):
-                        m = own == a
-                        ents, pays = per_actor.setdefault(int(a), ([], []))
-                        w.append((int(a), len(ents)))
-                        ents.append((s.key, s.box, step, rep[m], work[m]))
+                    for a, ids, work in by_actor(self.owner, sel):
+                        ents, pays = per_actor.setdefault(a, ([], []))
+                        w.append((a, len(ents)))
+                        ents.append((s.key, s.box, step, ids, work))
                         pays.append(s.payload)
                     where.append(w)
                 order = sorted(per_actor)
