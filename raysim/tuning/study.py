@@ -326,6 +326,19 @@ def finished_count(study: optuna.Study) -> int:
 _REPORTER = None
 
 
+def report_and_ask(trial: optuna.Trial, metric: str, rnd: int, row: dict[str, Any]) -> bool:
+    """Report a run's evaluation row to its trial (the objective metric at round ``rnd``) and
+    ask the pruner; True (and ``pruned_at_round`` recorded) when the trial should stop."""
+    if metric not in row:
+        return False
+    v = row[metric]
+    trial.report(float("nan") if v is None else float(v), int(rnd))
+    if trial.should_prune():
+        trial.set_user_attr("pruned_at_round", int(rnd))
+        return True
+    return False
+
+
 def _reporter_class():
     global _REPORTER
     if _REPORTER is not None:
@@ -352,15 +365,9 @@ def _reporter_class():
             return trial_id
 
         def report(self, rnd: int, row: dict[str, Any]) -> str | None:
-            if self.trial is None or self.metric not in row:
+            if self.trial is None:
                 return None
-            v = row[self.metric]
-            v = float("nan") if v is None else float(v)
-            self.trial.report(v, int(rnd))
-            if self.trial.should_prune():
-                self.trial.set_user_attr("pruned_at_round", int(rnd))
-                return "stop"
-            return None
+            return "stop" if report_and_ask(self.trial, self.metric, rnd, row) else None
 
     _REPORTER = TrialReporter
     return TrialReporter
@@ -446,12 +453,7 @@ class _TrialRunner:
         pruning = not spec.objective.multi and spec.study.pruner != "none"
 
         def on_eval(rnd: int, row: dict[str, Any]) -> None:
-            if not pruning or metric not in row:
-                return
-            v = row[metric]
-            trial.report(float("nan") if v is None else float(v), int(rnd))
-            if trial.should_prune():
-                trial.set_user_attr("pruned_at_round", int(rnd))
+            if pruning and report_and_ask(trial, metric, rnd, row):
                 trial.set_user_attr("wall_s", time.perf_counter() - t0)
                 raise optuna.TrialPruned()
 
