@@ -22,7 +22,6 @@ SCEN = {"lr": ("datasets/synthetic-lr.toml", "r2"), "lg": ("datasets/synthetic-l
 
 
 def one(out: str, scen: str, label: str, factor: float | None, seed: int) -> dict:
-    import pandas as pd
 
     from raysim.config import load_config
     from raysim.runner import run

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -118,7 +117,6 @@ def run_unit(out: str, scen_name: str, method: str, trials: int, seeds: list[int
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import optuna
 
-    from raysim.config import load_config
     from raysim.runner import run
     from raysim.tuning.spec import spec_from_dict
     from raysim.tuning.study import run_study
@@ -201,7 +199,7 @@ def measure_table(curves, scen_name: str):
         row = {"scenario": scen_name, "method": method, "seed": seed, "rounds": int(f["round"]),
                "status": f.get("status", "ok"),
                "metric": float(f[metric]) if metric in f and pd.notna(f[metric]) else float("nan"),
-               "bytes": float(f["cum_bytes_up"] + f["cum_bytes_down"]),
+               "bytes": float(f["cum_bytes"]),
                "client_steps": float(f.get("cum_client_steps", float("nan"))),
                "fair_std": float(f.get("fair_std", float("nan"))), "density": float(f.get("density", float("nan")))}
         for k in ("tdr", "tpr", "f1"):
@@ -292,10 +290,9 @@ def plot_scenario(curves, scen_name: str, path: Path) -> None:
 
     scen = SCENARIOS[scen_name]
     metric = scen["metric"]
-    d = curves[curves["scenario"] == scen_name].copy()
+    d = curves[curves["scenario"] == scen_name]
     if d.empty or metric not in d:
         return
-    d["cum_bytes"] = d["cum_bytes_up"] + d["cum_bytes_down"]
     xs = [("round", "communication rounds"), ("cum_bytes", "bytes (up + down)"),
           ("cum_client_steps", "client mini-batch steps")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
