@@ -21,6 +21,9 @@ code   name                 meaning
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 OK = "ok"
 DIVERGED = "diverged"
 EMPTY_MODEL = "empty_model"
@@ -76,3 +79,24 @@ class RunRefused(Exception):
 
 class Busy(RuntimeError):
     """A run directory or study storage locked by another live process."""
+
+
+def divergence(row: dict[str, Any], limit: float | None) -> str | None:
+    """Why a round's statistics show a diverged run (None when they do not).
+
+    NaN/inf weights (``max_abs_weight``, reported by the server) or training loss always count;
+    ``limit`` (``run.divergence_limit``) bounds both in size. A round in which no client
+    reported has no training loss and is not evidence of anything."""
+    w = row.get("max_abs_weight")
+    if w is not None and not math.isfinite(float(w)):
+        return "weights became NaN/inf"
+    loss = row.get("train_loss")
+    has_loss = loss is not None and float(row.get("n_reported", 0) or 0) > 0
+    if has_loss and not math.isfinite(float(loss)):
+        return f"training loss became {float(loss)}"
+    if limit is not None:
+        if w is not None and float(w) > limit:
+            return f"largest |weight| {float(w):.3g} > run.divergence_limit = {limit:g}"
+        if has_loss and float(loss) > limit:
+            return f"training loss {float(loss):.3g} > run.divergence_limit = {limit:g}"
+    return None

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from raysim.config import Config, ConfigError, dump_toml, load_config
+from raysim.outcome import divergence
 
 _PLOT_LOCK = threading.Lock()
 
@@ -421,27 +422,6 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
     if status != outcome.OK and show:
         print(f"raysim: status {status}: {reason}; {outcome.EXPLAIN[status]}", file=sys.stderr)
     return RunResult(run_dir, summary, _tidy(rows))
-
-
-def divergence(row: dict[str, Any], limit: float | None) -> str | None:
-    """Why a round's statistics show a diverged run (None when they do not).
-
-    NaN/inf weights (``max_abs_weight``, reported by the server) or training loss always count;
-    ``limit`` (``run.divergence_limit``) bounds both in size. A round in which no client
-    reported has no training loss and is not evidence of anything."""
-    w = row.get("max_abs_weight")
-    if w is not None and not math.isfinite(float(w)):
-        return "weights became NaN/inf"
-    loss = row.get("train_loss")
-    has_loss = loss is not None and float(row.get("n_reported", 0) or 0) > 0
-    if has_loss and not math.isfinite(float(loss)):
-        return f"training loss became {float(loss)}"
-    if limit is not None:
-        if w is not None and float(w) > limit:
-            return f"largest |weight| {float(w):.3g} > run.divergence_limit = {limit:g}"
-        if has_loss and float(loss) > limit:
-            return f"training loss {float(loss):.3g} > run.divergence_limit = {limit:g}"
-    return None
 
 
 def _fingerprint(cfg: Config) -> dict[str, Any]:

@@ -221,7 +221,7 @@ def test_diverged_run_is_stopped_marked_and_exits_3(tmp_path):
 
 
 def test_nan_weights_count_as_divergence_even_without_limit():
-    from raysim.runner import divergence
+    from raysim.outcome import divergence
 
     assert divergence({"max_abs_weight": float("inf"), "n_reported": 3, "train_loss": 1.0}, None)
     assert divergence({"max_abs_weight": 1.0, "n_reported": 3, "train_loss": float("nan")}, None)

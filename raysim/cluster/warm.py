@@ -582,29 +582,69 @@ class WarmSimulation:
         self.actor_info = [{**a, "warm_pool": pool.fingerprint, "pool_runs": pool.runs} for a in pool.actor_info]
         self._closed = False
         self._evaluated: tuple[int, Any] | None = None
+        self._step = 0                      # the step of the last round handed to the run loop
+        self._next: Future | None = None    # the next round, queued ahead (pipelining)
 
     @property
     def step(self) -> int:
-        return self.slot.step
+        return self._step
 
     @property
     def total_rounds(self) -> int:
         return math.ceil(self.total_steps / self.steps_per_round)
 
     def run_round(self) -> dict[str, Any]:
-        row, ev = self.pool.batcher.submit_round(self.slot).result()
+        """The next round's statistics. Pipelined: as soon as a round's result is in, the next
+        round is queued for the pool's next cycle (see :meth:`_ahead`), so the driver's work
+        on this round (files, Optuna reports) overlaps the actors' work on the next one; each
+        round computes exactly what it would unpipelined, and a speculative round of a run
+        that stops (pruned, diverged) is discarded with its slot."""
+        fut, self._next = self._next, None
+        if fut is None:
+            fut = self.pool.batcher.submit_round(self.slot)
+        row, ev = fut.result()
+        self._step = int(row["step"])
         # the evaluation that closes this round came with it; evaluate() hands it over
-        self._evaluated = (self.slot.step, ev)
+        self._evaluated = (self._step, ev)
+        if self._ahead(row):
+            self._next = self.pool.batcher.submit_round(self.slot)
         return row
+
+    def _ahead(self, row: dict[str, Any]) -> bool:
+        """Queue the next round now? Only when the run loop will ask for it with nothing in
+        between that needs the server state of this round: not after the last round, not
+        after a diverged one (the loop stops there), not before a checkpoint, and not when
+        this round's evaluation was not computed with it (the loop may still ask for it)."""
+        from raysim.outcome import divergence
+
+        cfg = self.cfg
+        rnd = math.ceil(self._step / self.steps_per_round)
+        if self._step >= self.total_steps or (rnd % cfg.run.eval_every == 0 and self._evaluated[1] is None):
+            return False
+        k = cfg.run.checkpoint_every
+        if k and rnd % k == 0:
+            return False
+        return divergence(row, cfg.run.divergence_limit) is None
+
+    def _settle(self) -> None:
+        """Wait out a queued speculative round (its result is not used)."""
+        fut, self._next = self._next, None
+        if fut is not None:
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - the run is over or rewinds; the round is dropped
+                pass
 
     def evaluate(self, final: bool = False) -> dict[str, Any]:
         done = self._evaluated
         self._evaluated = None
-        if done is not None and done[0] == self.slot.step and done[1] is not None \
-                and final == (self.slot.step >= self.total_steps):
+        if done is not None and done[0] == self._step and done[1] is not None \
+                and final == (self._step >= self.total_steps):
             if isinstance(done[1], Exception):
                 raise done[1]
             return done[1]
+        if self._next is not None:
+            raise RuntimeError("internal: an evaluation was asked for while the next round runs ahead")
         return self.pool.batcher.submit_eval(self.slot, final).result()
 
     def deployed(self, final: bool = True) -> np.ndarray:
@@ -622,19 +662,23 @@ class WarmSimulation:
         return [o[0] for o in out]
 
     def state_dict(self) -> dict[str, Any]:
+        if self._next is not None:
+            raise RuntimeError("internal: a checkpoint was asked for while the next round runs ahead")
         return {"server": ray.get(self.pool.server.state_dict.remote(self.slot.key)), "step": self.slot.step}
 
     def restore(self, sd: dict[str, Any]) -> None:
+        self._settle()
         step = ray.get(self.pool.server.load_state_dict.remote(self.slot.key, sd["server"]))
         if step != sd["step"]:
             raise RuntimeError(f"checkpoint inconsistent: server at step {step}, driver at {sd['step']}")
-        self.slot.step = int(sd["step"])
+        self.slot.step = self._step = int(sd["step"])
         self.slot.payload = self.pool.server.payload.remote(self.slot.key)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._settle()
         self.pool.close_slot(self.slot)
         self.pool.batcher.poke()
         if self._release is not None:
