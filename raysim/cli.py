@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from raysim.config import Config, ConfigError, load_config
 
@@ -184,18 +184,55 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_lines(fields: dict[str, Any]) -> list[str]:
+    out = []
+    for key, kf in fields.items():
+        ann = kf.annotation
+        allowed = ""
+        args = getattr(ann, "__args__", None)
+        if getattr(ann, "__origin__", None) is not None and args and all(isinstance(a, str) for a in args):
+            allowed = f" (one of: {', '.join(args)})"
+        out.append(f"{key} = {kf.default!r}  # {kf.description or ''}{allowed}")
+    return out
+
+
+def algorithm_doc() -> list[str]:
+    """The ``[algorithm]`` part of ``raysim config --doc``: the common knobs, then every
+    registered algorithm with the knobs of its own (docs/algorithms.md section 8)."""
+    from raysim.algorithms import registry
+    from raysim.config import AlgorithmSection
+
+    common = AlgorithmSection.model_fields
+    lines = ["[algorithm]  # the chosen algorithm and its knobs; a key the chosen algorithm does not have is an error",
+             "# knobs of every algorithm:"]
+    lines += _key_lines(common)
+    lines += ["# [algorithm.NAME] sub-tables hold knobs for algorithm NAME and the algorithms built on it, applied",
+              "# only when one of them runs (scenario files shared by several algorithms).", ""]
+    for name in registry.names():
+        cls = registry.algorithm_class(name)
+        bases = registry.built_on(name)[1:]
+        para = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        head = f"# algorithm.name = {name!r}: {para}"
+        inherited = set(common)
+        if bases:
+            head += f" Built on {bases[0]}: its knobs, and those below."
+            inherited |= set(registry.algorithm_class(bases[0]).Params.model_fields)
+        lines.append(head)
+        own = {k: f for k, f in cls.Params.model_fields.items() if k not in inherited}
+        lines += [f"#   {ln}" for ln in _key_lines(own)] or ["#   (no knobs of its own)"]
+    lines.append("")
+    return lines
+
+
 def config_doc() -> str:
     lines = ["# raysim configuration keys (section.key = default  # meaning)", ""]
     for sec_name, f in Config.model_fields.items():
+        if sec_name == "algorithm":
+            lines += algorithm_doc()
+            continue
         model = f.annotation
         lines.append(f"[{sec_name}]  # {(model.__doc__ or '').strip().splitlines()[0]}")
-        for key, kf in model.model_fields.items():  # type: ignore[union-attr]
-            ann = kf.annotation
-            allowed = ""
-            args = getattr(ann, "__args__", None)
-            if getattr(ann, "__origin__", None) is not None and args and all(isinstance(a, str) for a in args):
-                allowed = f" (one of: {', '.join(args)})"
-            lines.append(f"{key} = {kf.default!r}  # {kf.description or ''}{allowed}")
+        lines += _key_lines(model.model_fields)  # type: ignore[union-attr]
         lines.append("")
     from raysim import defaults
 

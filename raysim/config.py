@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from raysim import defaults as _defaults
 
@@ -186,63 +187,115 @@ class ParticipationSection(_Section):
 
 
 class AlgorithmSection(_Section):
-    """The federated algorithm and its knobs (docs/algorithms.md sections 2-6)."""
+    """The federated algorithm: the knobs every algorithm has (docs/algorithms.md section 8).
 
-    name: Literal["flops", "flops-ent", "flops-pa", "flops-pa-ent", "fedavg", "fedavg-prune", "fed-ht",
-                  "fediter-ht", "fedprox", "ser", "fedeba"] = Field(
-        "flops", description="Algorithm: flops (per-step, L0 gates), flops-ent (with gate entropy), flops-pa "
-                             "(local epochs, partial aggregation), flops-pa-ent, fedavg, fedavg-prune, fed-ht, "
-                             "fediter-ht, fedprox, ser (sign-entropy on fedavg/fedprox), fedeba (FedEBA+).")
+    Each algorithm declares its own knobs in a frozen subclass (its ``Params``, in its own
+    file under ``raysim/algorithms/``); ``Config.algorithm`` is an instance of the chosen
+    algorithm's Params, built from the ``[algorithm]`` table by :func:`build_algorithm_params`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(
+        "flops", description="Algorithm: a registered name (raysim config --doc lists them with their knobs) or "
+                             "'package.module:ClassName', your own subclass of raysim.algorithms.Algorithm.")
     rho: float = Field(0.05, gt=0, le=1, description="Target density; m = floor(rho * p) non-zeros at most.")
     batch_size: int = Field(25, ge=1, description="Client mini-batch size b (min(b, n_k) per client).")
-    eta_theta: Optional[float] = Field(None, gt=0, description="Learning rate of the weights theta_tilde (FLoPS, "
-                                                               "FLoPS-PA). " + _defaults.describe("algorithm.eta_theta"))
-    eta_phi: Optional[float] = Field(None, gt=0, description="Learning rate of the gate parameters phi. "
-                                                             + _defaults.describe("algorithm.eta_phi"))
-    eta_lambda: Optional[float] = Field(
-        None, gt=0, description="Dual step size. lambda prices the expected NUMBER of open gates (its pull on a gate is "
-                                "lambda pi (1 - pi), whatever p) and moves by eta_lambda (D(phi) - rho) per step, D the "
-                                "expected density: one value behaves alike for any p. "
-                                + _defaults.describe("algorithm.eta_lambda"))
-    optimizer: Literal["sgd", "adam"] = Field("sgd", description="Server optimizer for the primal step.")
     weighting: Literal["samples", "uniform"] = Field("samples", description="Aggregation weights w_k: n_k / sum n, or 1/|C_t|.")
-    prune_start: Optional[float] = Field(None, ge=0, description="When the exact density starts (see prune_start_unit). "
-                                                                 + _defaults.describe("algorithm.prune_start"))
-    prune_start_unit: Literal["fraction", "steps", "rounds"] = Field(
-        "fraction", description="prune_start as a fraction of all steps, a step count, or a round count.")
-    gate_decay: float = Field(0.9, gt=0, lt=1, description="Gate scaling decay r after prune_start.")
-    rho_init: Optional[float] = Field(
-        None, gt=0, lt=1, description="Initial P(z != 0) of every gate: phi ~ N(logit(rho_init) + beta log(-gamma/zeta), "
-                                      "0.01). " + _defaults.describe("algorithm.rho_init"))
-    gamma: float = Field(-0.1, lt=0, description="Hard concrete stretch lower bound.")
-    zeta: float = Field(1.1, gt=1, description="Hard concrete stretch upper bound.")
-    beta: float = Field(2.0 / 3.0, gt=0, description="Hard concrete temperature.")
-    tau0: float = Field(0.0, ge=0, description="Entropy strength tau_0 (per gate); 0 is plain FLoPS. flops-ent and "
-                                               "flops-pa-ent use 0.05 when it is left at 0.")
-    tau_schedule: Literal["linear", "constant", "cosine"] = Field("linear", description="Entropy schedule up to t_end.")
-    tau_end: Optional[float] = Field(None, ge=0, description="t_end in steps; default prune_start.")
-    # -- local training (flops-pa, fedavg, fedavg-prune, fed-ht, fediter-ht, fedprox, ser, fedeba)
-    local_epochs: int = Field(1, ge=1, description="Local epochs E per round; client k runs E ceil(n_k / batch_size) local steps.")
-    eta_local: Optional[float] = Field(
-        None, gt=0, description="Local learning rate of the dense baselines (fedavg, fedavg-prune, fed-ht, fediter-ht, "
-                                "fedprox, ser, fedeba); flops-pa uses eta_theta and eta_phi. "
-                                + _defaults.describe("algorithm.eta_local"))
-    server_lr: float = Field(1.0, gt=0, description="Server learning rate applied to the averaged client delta.")
-    fine_tune_rounds: int = Field(0, ge=0, description="fedavg-prune: the last this many rounds train with the top-m mask fixed.")
-    mu: float = Field(0.01, ge=0, description="fedprox (and ser with ser_base = 'fedprox'): proximal strength mu.")
-    ser_base: Literal["fedavg", "fedprox"] = Field("fedavg", description="ser: the algorithm the sign-entropy term is added to.")
-    rho_s: float = Field(0.01, ge=0, description="ser: strength of the sign-entropy term rho_s.")
-    kappa: float = Field(10.0, gt=0, description="ser: sharpness kappa of q_j = sigmoid(kappa g_j).")
-    eba_temperature: float = Field(1.0, gt=0, description="fedeba: temperature T of the weights p_k ~ q_k exp(F_k / T).")
-    eba_alignment: float = Field(0.5, ge=0, le=1, description="fedeba: model alignment a (0: pure entropy weights, 1: FedAvg).")
 
-    @model_validator(mode="after")
-    def _check(self) -> "AlgorithmSection":
-        if self.prune_start_unit == "fraction" and self.prune_start is not None and self.prune_start > 1:
-            raise ValueError(
-                f"prune_start = {self.prune_start} with prune_start_unit = 'fraction' must be in [0, 1]; "
-                "use prune_start_unit = 'steps' or 'rounds' for a count")
-        return self
+
+def _knob_error(loc: tuple[str, ...], value: Any, text: str) -> dict[str, Any]:
+    from pydantic_core import PydanticCustomError
+
+    return {"type": PydanticCustomError("unknown_knob", "{text}", {"text": text}), "loc": loc, "input": value}
+
+
+def _owners(key: str) -> list[str]:
+    from raysim.algorithms import registry
+
+    return [n for n in registry.names() if key in registry.knobs(n)]
+
+
+def build_algorithm_params(table: Any, task: str | None = None) -> AlgorithmSection:
+    """The chosen algorithm's Params from an ``[algorithm]`` table (docs/algorithms.md section 8).
+
+    * ``name`` chooses the algorithm (registered name or ``"package.module:ClassName"``);
+    * every other top-level key must be a knob of that algorithm: anything else is an error
+      that names the algorithm and lists its knobs (and the algorithms that do have the key);
+    * a sub-table ``[algorithm.<other>]`` holds settings for the algorithm ``<other>`` and the
+      algorithms built on it (a scenario file shared by several algorithms keeps, e.g., the
+      dense baselines' ``eta_local`` under ``[algorithm.fedavg]``). Its keys are checked
+      against ``<other>``'s knobs whatever the chosen algorithm; it applies when the chosen
+      algorithm is ``<other>`` or built on it, the more specific table last, top-level keys
+      over all of them;
+    * knobs still unset take their task's default (:mod:`raysim.defaults`) where the algorithm has them.
+    """
+    from pydantic_core import PydanticCustomError
+
+    from raysim.algorithms import registry
+
+    if isinstance(table, AlgorithmSection):
+        return table
+    if not isinstance(table, dict):
+        raise PydanticCustomError("algorithm_table", "[algorithm] must be a table of knobs, e.g. name = 'flops'")
+    name = table.get("name", "flops")
+    if not isinstance(name, str):
+        raise ValidationError.from_exception_data("algorithm", [_knob_error(
+            ("name",), name, "the algorithm's name must be a string, e.g. 'fedavg'")])
+    try:
+        cls = registry.algorithm_class(name)
+    except ValueError as exc:
+        raise ValidationError.from_exception_data("algorithm", [_knob_error(("name",), name, str(exc))]) from None
+    params = cls.Params
+    valid = list(params.model_fields)
+    scoped = {k: v for k, v in table.items() if isinstance(v, dict) and k not in valid}
+    top = {k: v for k, v in table.items() if k not in scoped}
+    errors: list[dict[str, Any]] = []
+    for k in top:
+        if k in valid:
+            continue
+        hint = difflib.get_close_matches(k, valid, n=1)
+        owners = _owners(k)
+        text = (f"{name} has no knob {k!r}." + (f" Did you mean '{hint[0]}'?" if hint else "")
+                + f" Valid keys in [algorithm] for {name}: {', '.join(valid)}.")
+        if owners:
+            text += (f" {k!r} is a knob of {', '.join(owners)}: to keep it in a file shared by several algorithms, "
+                     f"put it in an [algorithm.{owners[0]}] table (it applies when that algorithm, or one built "
+                     f"on it, runs).")
+        errors.append(_knob_error((k,), top[k], text))
+    for k, sub in scoped.items():
+        try:
+            other = registry.algorithm_class(k)
+        except ValueError:
+            errors.append(_knob_error((k,), sub, f"[algorithm.{k}] is neither a knob of {name} nor an algorithm "
+                                                 f"name; algorithms: {', '.join(registry.names())}"))
+            continue
+        if "name" in sub:
+            errors.append(_knob_error((k, "name"), sub["name"], f"[algorithm.{k}] holds knobs of {k}; "
+                                                               "set the algorithm with algorithm.name"))
+            continue
+        try:
+            other.Params.model_validate({**sub, "name": k})
+        except ValidationError as exc:
+            for e in exc.errors():
+                if e["type"] == "extra_forbidden":
+                    key = str(e["loc"][-1])
+                    errors.append(_knob_error((k, key), e.get("input"), f"{k} has no knob {key!r}; its knobs: "
+                                              + ", ".join(x for x in other.Params.model_fields if x != "name")))
+                else:
+                    errors.append({"type": PydanticCustomError("invalid_knob", "{text}", {"text": e["msg"]}),
+                                   "loc": (k, *e["loc"]), "input": e.get("input")})
+    if errors:
+        raise ValidationError.from_exception_data("algorithm", errors)
+    merged: dict[str, Any] = {}
+    for base in reversed(registry.built_on(name)):
+        merged.update(scoped.get(base, {}))
+    merged.update(top)
+    merged["name"] = name
+    for k, v in _defaults.algorithm_defaults(task).items():
+        if k in valid and merged.get(k) is None:
+            merged[k] = v
+    return params.model_validate(merged)
 
 
 class ClusterSection(_Section):
@@ -282,17 +335,25 @@ class Config(_Section):
     data: DataSection = DataSection()
     partition: PartitionSection = PartitionSection()
     participation: ParticipationSection = ParticipationSection()
-    algorithm: AlgorithmSection = AlgorithmSection()
+    #: an instance of the chosen algorithm's Params (a subclass of AlgorithmSection)
+    algorithm: SerializeAsAny[AlgorithmSection] = Field(default_factory=dict, validate_default=True)
     cluster: ClusterSection = ClusterSection()
 
     @model_validator(mode="before")
     @classmethod
     def _task_defaults(cls, data: Any) -> Any:
-        """Unset budget / step-size keys take their task's default (raysim.defaults)."""
+        """Unset budget keys take their task's default (raysim.defaults); the algorithm's
+        step sizes are filled by :func:`build_algorithm_params`."""
         if isinstance(data, dict):
             data = {k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in data.items()}
-            return _defaults.fill(data)
+            return _defaults.fill(data, algorithm=False)
         return data
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _algorithm(cls, v: Any, info: ValidationInfo) -> Any:
+        data = info.data.get("data")
+        return build_algorithm_params(v, getattr(data, "task", None))
 
     @model_validator(mode="after")
     def _check_real_data(self) -> "Config":
@@ -325,13 +386,19 @@ class Config(_Section):
 # ---- loading and errors ---------------------------------------------------------------
 
 def _section_models() -> dict[str, type[BaseModel]]:
-    return {name: f.annotation for name, f in Config.model_fields.items()}  # type: ignore[misc]
+    """section name -> its model (for ``[algorithm]`` the knobs every algorithm has)."""
+    return {name: (AlgorithmSection if name == "algorithm" else f.annotation)  # type: ignore[misc]
+            for name, f in Config.model_fields.items()}
 
 
 def _describe_error(err: dict[str, Any]) -> str:
     loc = [str(x) for x in err.get("loc", ()) if not str(x).startswith("function-")]
     dotted = ".".join(loc) or "<config>"
     kind = err.get("type", "")
+    if kind == "unknown_knob":
+        if loc[-1] == "name":
+            return f"{dotted} = {err.get('input')!r}: {err.get('msg')}"
+        return f"unknown key '{dotted}': {err.get('msg')}"
     if kind == "extra_forbidden":
         section, key = (loc[0], loc[-1]) if len(loc) > 1 else (None, loc[-1])
         valid = (list(_section_models()[section].model_fields) if section in _section_models()

@@ -2,7 +2,9 @@
 
 A config that does not set ``run.rounds``, ``algorithm.eta_theta``, ``algorithm.eta_phi``,
 ``algorithm.eta_lambda``, ``algorithm.prune_start``, ``algorithm.rho_init`` or
-``algorithm.eta_local`` gets the value of its task (``data.task``) from :data:`TASK_DEFAULTS`.
+``algorithm.eta_local`` gets the value of its task (``data.task``) from :data:`TASK_DEFAULTS`;
+an algorithm key is filled only where the chosen algorithm has that knob (FLoPS has no
+``eta_local``, FedAvg no ``eta_theta``; docs/algorithms.md section 8).
 The resolved value is written into the run's ``config.toml``, so a run directory always says
 what was used.
 
@@ -55,8 +57,17 @@ def describe(key: str) -> str:
         f"{t} {TASK_DEFAULTS[t][key]:g}" for t in TASK_DEFAULTS)
 
 
-def fill(data: dict[str, Any]) -> dict[str, Any]:
-    """Fill the per-task defaults into a raw config dict (keys that are absent or None only)."""
+def algorithm_defaults(task: str | None) -> dict[str, Any]:
+    """The per-task defaults of the ``[algorithm]`` knobs, ``{knob: value}`` (empty for an unknown task)."""
+    table = TASK_DEFAULTS.get(task or "", {})
+    return {k.split(".", 1)[1]: v for k, v in table.items() if k.startswith("algorithm.")}
+
+
+def fill(data: dict[str, Any], algorithm: bool = True) -> dict[str, Any]:
+    """Fill the per-task defaults into a raw config dict (keys that are absent or None only).
+
+    ``algorithm=False`` leaves the ``[algorithm]`` table alone: the configuration fills it
+    itself, with only the knobs the chosen algorithm has (:func:`algorithm_defaults`)."""
     if not isinstance(data, dict):
         return data
     data_sec = data.get("data") if isinstance(data.get("data"), dict) else {}
@@ -67,6 +78,8 @@ def fill(data: dict[str, Any]) -> dict[str, Any]:
     out = dict(data)
     for dotted, value in table.items():
         section, key = dotted.split(".")
+        if section == "algorithm" and not algorithm:
+            continue
         sec = out.get(section, {})
         if not isinstance(sec, dict):
             continue           # a malformed section: its validator reports it

@@ -38,13 +38,15 @@ def make_schedule(cfg: Config, fed: Federation) -> Schedule:
     else:
         spr = 1
     total = cfg.run.rounds * spr
-    if a.prune_start_unit == "fraction":
+    if getattr(a, "prune_start", None) is None:      # an algorithm without the knob: never
+        ps = total
+    elif a.prune_start_unit == "fraction":
         ps = int(math.floor(a.prune_start * total))
     elif a.prune_start_unit == "rounds":
         ps = int(a.prune_start) * spr
     else:
         ps = int(a.prune_start)
-    tau_end = int(a.tau_end) if a.tau_end is not None else ps
+    tau_end = int(a.tau_end) if getattr(a, "tau_end", None) is not None else ps
     return Schedule(total_steps=total, steps_per_round=spr, prune_start=ps, tau_end=tau_end)
 
 

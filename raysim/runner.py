@@ -387,14 +387,16 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
         if status != outcome.OK:
             rows[-1]["status"] = final["status"] = status
             _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
+        has_prune = "prune_start" in type(cfg.algorithm).model_fields
         summary = {
             "name": cfg.run.name, "algorithm": cfg.algorithm.name, "task": cfg.data.task,
             "status": status, "status_reason": reason,
             "seed": cfg.run.seed, "rounds": total_rounds, "rounds_run": int(rows[-1].get("round", total_rounds)),
             "total_steps": info["total_steps"],
             "steps_per_round": info["steps_per_round"], "p": info["p"], "m": info["m"],
-            "prune_start_step": info["prune_start"],
-            "prune_start_round": info["prune_start"] / info["steps_per_round"],
+            # algorithms without a prune_start knob (docs/algorithms.md section 8) have none
+            "prune_start_step": info["prune_start"] if has_prune else None,
+            "prune_start_round": info["prune_start"] / info["steps_per_round"] if has_prune else None,
             "n_clients": cfg.data.n_clients, "n_actors": len(sim.actors),
             "wall_s": time.perf_counter() - t_start, "final": _jsonable(final),
         }

@@ -88,9 +88,9 @@ class Grid:
 
 
 def _algorithm_names() -> tuple[str, ...]:
-    from raysim.config import AlgorithmSection
+    from raysim.algorithms.registry import names
 
-    return tuple(getattr(AlgorithmSection.model_fields["name"].annotation, "__args__", ()))
+    return tuple(names())
 
 
 # ---- grid file -----------------------------------------------------------------------------------

@@ -1,8 +1,14 @@
 """Federated algorithms, chosen by name (``algorithm.name`` in the config).
 
+One algorithm is one file of this package: a class registered with
+``@register("name")`` (:mod:`raysim.algorithms.registry`) and its frozen ``Params`` model of
+knobs (docs/algorithms.md section 8). Every module here is imported when the registry is
+first used, so a new file is all a new algorithm needs. ``algorithm.name`` may also be
+``"package.module:ClassName"``, a user's own :class:`Algorithm` subclass.
+
 Per-step (one mini-batch step per communication, several per round): flops, flops-ent.
 Once per round (local epochs, :mod:`raysim.algorithms.local`): flops-pa, flops-pa-ent, fedavg,
-fedavg-prune, fed-ht, fediter-ht, fedprox, ser, fedeba.
+fedavg-prune, fedavgm, fed-ht, fediter-ht, fedprox, ser, fedeba.
 """
 
 from __future__ import annotations
@@ -10,27 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 from raysim.algorithms.base import Aggregate, Algorithm, Partial, Schedule, StepContext, aggregate
-from raysim.algorithms.fedavg import FedAvg, FedAvgPrune, FedProx
-from raysim.algorithms.fedeba import FedEBA
-from raysim.algorithms.flops import FLoPS, FLoPSEnt
-from raysim.algorithms.flops_pa import FLoPSPA, FLoPSPAEnt
-from raysim.algorithms.hardthreshold import FedHT, FedIterHT
-from raysim.algorithms.ser import SER
+from raysim.algorithms.registry import REGISTRY, algorithm_class, load_builtins, register
 
-ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (FLoPS, FLoPSEnt, FLoPSPA, FLoPSPAEnt, FedAvg, FedAvgPrune, FedHT, FedIterHT,
-                              FedProx, SER, FedEBA)}
-
-
-def algorithm_class(name: str) -> type[Algorithm]:
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}")
-    return ALGORITHMS[name]
+#: name -> class of every registered algorithm (the registry itself)
+ALGORITHMS = REGISTRY
+load_builtins()
 
 
 def build_algorithm(cfg: Any, model, schedule: Schedule) -> Algorithm:
+    """The algorithm of ``cfg`` (an ``[algorithm]`` Params instance) on ``model``."""
     return algorithm_class(cfg.name)(cfg, model, schedule)
 
 
 __all__ = ["ALGORITHMS", "Aggregate", "Algorithm", "Partial", "Schedule", "StepContext", "aggregate",
-           "algorithm_class", "build_algorithm"]
+           "algorithm_class", "build_algorithm", "register"]

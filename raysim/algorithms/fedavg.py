@@ -9,8 +9,11 @@
   the last F rounds train with it fixed (the masked weights stay zero). Until the mask exists
   the deployed model is dense; the final exported model always has at most m non-zeros.
 
-Knobs: ``local_epochs``, ``batch_size``, ``eta_local`` (default ``eta_theta``), ``server_lr``,
-``weighting``, ``mu`` (fedprox), ``fine_tune_rounds`` (fedavg-prune).
+Knobs: ``local_epochs``, ``batch_size``, ``eta_local``, ``server_lr``, ``weighting``
+(:class:`~raysim.algorithms.local.LocalSGDParams`), ``mu`` (fedprox), ``fine_tune_rounds``
+(fedavg-prune). Every other dense baseline is built on :class:`FedAvg` (a subclass), so an
+``[algorithm.fedavg]`` table of a shared scenario file applies to all of them
+(docs/algorithms.md section 8).
 """
 
 from __future__ import annotations
@@ -18,22 +21,30 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from raysim.algorithms.base import Aggregate, State, StepContext
-from raysim.algorithms.local import LocalTraining, sparse_model_bytes, top_m_mask
+from raysim.algorithms.local import LocalSGDParams, LocalTraining, sparse_model_bytes, top_m_mask
+from raysim.algorithms.registry import register
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
 
 
+@register("fedavg")
 class FedAvg(LocalTraining):
     """FedAvg: dense local SGD, weighted model averaging."""
 
-    name = "fedavg"
+    Params = LocalSGDParams
 
 
-class FedProx(LocalTraining):
+class FedProxParams(LocalSGDParams):
+    mu: float = Field(0.01, ge=0, description="Proximal strength mu of (mu / 2) ||w - w_global||^2.")
+
+
+@register("fedprox")
+class FedProx(FedAvg):
     """FedProx: local loss + (mu / 2) ||w - w_global||^2 (``algorithm.mu``)."""
 
-    name = "fedprox"
+    Params = FedProxParams
 
     def local_objective(self, th, xb, yb, mask, anchor):
         loss = self.model.client_loss(th, xb, yb, mask)
@@ -42,10 +53,15 @@ class FedProx(LocalTraining):
         return loss
 
 
-class FedAvgPrune(LocalTraining):
+class FedAvgPruneParams(LocalSGDParams):
+    fine_tune_rounds: int = Field(0, ge=0, description="The last this many rounds train with the top-m mask fixed.")
+
+
+@register("fedavg-prune")
+class FedAvgPrune(FedAvg):
     """FedAvg, then a global top-m magnitude mask (optionally fine-tuned with the mask fixed)."""
 
-    name = "fedavg-prune"
+    Params = FedAvgPruneParams
 
     def prune_round(self) -> int:
         """Index of the round after whose server update the mask is taken."""
@@ -73,8 +89,7 @@ class FedAvgPrune(LocalTraining):
         if mask is not None:
             theta = theta.clone()
             theta[:p] = torch.where(mask, theta[:p], torch.zeros_like(theta[:p]))
-        state.update(theta=theta, mask=mask)
-        return state
+        return {**state, "theta": theta, "mask": mask}
 
     def deployed(self, state: State, final: bool = False) -> torch.Tensor:
         theta = state["theta"].clone()

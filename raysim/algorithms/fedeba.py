@@ -26,16 +26,25 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from raysim.algorithms.base import Aggregate, State
-from raysim.algorithms.local import LocalTraining
+from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.local import LocalSGDParams
+from raysim.algorithms.registry import register
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
 
 
-class FedEBA(LocalTraining):
+class FedEBAParams(LocalSGDParams):
+    eba_temperature: float = Field(1.0, gt=0, description="Temperature T of the weights p_k ~ q_k exp(F_k / T).")
+    eba_alignment: float = Field(0.5, ge=0, le=1, description="Model alignment a (0: pure entropy weights, 1: FedAvg).")
+
+
+@register("fedeba")
+class FedEBA(FedAvg):
     """FedEBA+ practical: exp(F_k / T) aggregation weights and model alignment a."""
 
-    name = "fedeba"
+    Params = FedEBAParams
 
     def extra_sums(self, theta0, theta_k, delta, c, loss0, plan):
         logit = loss0.double() / self.cfg.eba_temperature + torch.log(c.double())

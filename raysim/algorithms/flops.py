@@ -25,16 +25,57 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
-from raysim import gates
+from raysim import defaults, gates
 from raysim import rng as rngmod
 from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights,
                                     minibatch, partial_work_mask)
+from raysim.algorithms.registry import register
+from raysim.config import AlgorithmSection
 from raysim.metrics import tensor_bytes
+
+
+class FLoPSParams(AlgorithmSection):
+    """Knobs of flops and the algorithms built on it (flops-ent, flops-pa, flops-pa-ent)."""
+
+    eta_theta: Optional[float] = Field(None, gt=0, description="Learning rate of the weights theta_tilde. "
+                                                               + defaults.describe("algorithm.eta_theta"))
+    eta_phi: Optional[float] = Field(None, gt=0, description="Learning rate of the gate parameters phi. "
+                                                             + defaults.describe("algorithm.eta_phi"))
+    eta_lambda: Optional[float] = Field(
+        None, gt=0, description="Dual step size. lambda prices the expected NUMBER of open gates (its pull on a gate is "
+                                "lambda pi (1 - pi), whatever p) and moves by eta_lambda (D(phi) - rho) per step, D the "
+                                "expected density: one value behaves alike for any p. "
+                                + defaults.describe("algorithm.eta_lambda"))
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="Server optimizer for the primal step.")
+    prune_start: Optional[float] = Field(None, ge=0, description="When the exact density starts (see prune_start_unit). "
+                                                                 + defaults.describe("algorithm.prune_start"))
+    prune_start_unit: Literal["fraction", "steps", "rounds"] = Field(
+        "fraction", description="prune_start as a fraction of all steps, a step count, or a round count.")
+    gate_decay: float = Field(0.9, gt=0, lt=1, description="Gate scaling decay r after prune_start.")
+    rho_init: Optional[float] = Field(
+        None, gt=0, lt=1, description="Initial P(z != 0) of every gate: phi ~ N(logit(rho_init) + beta log(-gamma/zeta), "
+                                      "0.01). " + defaults.describe("algorithm.rho_init"))
+    gamma: float = Field(-0.1, lt=0, description="Hard concrete stretch lower bound.")
+    zeta: float = Field(1.1, gt=1, description="Hard concrete stretch upper bound.")
+    beta: float = Field(2.0 / 3.0, gt=0, description="Hard concrete temperature.")
+    tau0: float = Field(0.0, ge=0, description="Entropy strength tau_0 (per gate); 0 is plain FLoPS. flops-ent and "
+                                               "flops-pa-ent use 0.05 when it is left at 0.")
+    tau_schedule: Literal["linear", "constant", "cosine"] = Field("linear", description="Entropy schedule up to t_end.")
+    tau_end: Optional[float] = Field(None, ge=0, description="t_end in steps; default prune_start.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FLoPSParams":
+        if self.prune_start_unit == "fraction" and self.prune_start is not None and self.prune_start > 1:
+            raise ValueError(
+                f"prune_start = {self.prune_start} with prune_start_unit = 'fraction' must be in [0, 1]; "
+                "use prune_start_unit = 'steps' or 'rounds' for a count")
+        return self
 
 
 def tau_at(step: int, tau0: float, t_end: int, schedule: str) -> float:
@@ -69,10 +110,11 @@ class _Adam:
         return mh / (vh.sqrt() + cls.eps)
 
 
+@register("flops")
 class FLoPS(Algorithm):
     """FLoPS (and FLoPS with entropy-regularised gates when ``tau0 > 0``)."""
 
-    name = "flops"
+    Params = FLoPSParams
     per_step = True
 
     def __init__(self, cfg: Any, model, schedule):
@@ -196,11 +238,10 @@ class FLoPS(Algorithm):
 DEFAULT_TAU0 = 0.05
 
 
+@register("flops-ent")
 class FLoPSEnt(FLoPS):
     """FLoPS with entropy-regularised gates (section 4): tau_0 defaults to DEFAULT_TAU0 = 0.05
     (per gate, the middle of the useful range 1e-3..1 on a log scale) when ``tau0`` is 0."""
-
-    name = "flops-ent"
 
     def __init__(self, cfg: Any, model, schedule):
         super().__init__(cfg, model, schedule)

@@ -34,19 +34,34 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
 from raysim import gates
 from raysim import rng as rngmod
 from raysim.algorithms.base import Aggregate, Partial, State, StepContext, client_weights
-from raysim.algorithms.flops import DEFAULT_TAU0, FLoPS, tau_at
-from raysim.algorithms.local import LOCAL_STRIDE, LocalTraining
+from raysim.algorithms.flops import DEFAULT_TAU0, FLoPS, FLoPSParams, tau_at
+from raysim.algorithms.local import LOCAL_STRIDE, LocalTraining, RoundParams
+from raysim.algorithms.registry import register
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
 
 
+class FLoPSPAParams(FLoPSParams, RoundParams):
+    """Knobs of flops-pa: those of flops (eta_theta and eta_phi are the local step sizes) plus
+    ``local_epochs`` and ``server_lr``."""
+
+    @model_validator(mode="after")
+    def _plain_sgd(self) -> "FLoPSPAParams":
+        if self.optimizer != "sgd":
+            raise ValueError(f"optimizer = {self.optimizer!r}: {self.name} takes plain SGD steps on the clients; "
+                             "the server optimizer applies to the per-step flops only. Leave optimizer = 'sgd'")
+        return self
+
+
+@register("flops-pa")
 class FLoPSPA(FLoPS, LocalTraining):
     """FLoPS-PA: local epochs on the Lagrangian, deltas averaged once per round."""
 
-    name = "flops-pa"
+    Params = FLoPSPAParams
     per_step = False
 
     def broadcast(self, state: State) -> dict[str, Any]:
@@ -139,10 +154,9 @@ class FLoPSPA(FLoPS, LocalTraining):
         return n_selected * int(state.get("_down", self._down_bytes_one(state))), int(state.get("_up", 0))
 
 
+@register("flops-pa-ent")
 class FLoPSPAEnt(FLoPSPA):
     """FLoPS-PA with entropy-regularised gates (section 4); tau_0 defaults to 0.05 when 0."""
-
-    name = "flops-pa-ent"
 
     def __init__(self, cfg: Any, model, schedule):
         super().__init__(cfg, model, schedule)

@@ -19,14 +19,15 @@ from __future__ import annotations
 import torch
 
 from raysim.algorithms.base import Aggregate, State, StepContext
-from raysim.algorithms.local import LocalTraining, hard_threshold, sparse_model_bytes
+from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.local import hard_threshold, sparse_model_bytes
+from raysim.algorithms.registry import register
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
 
 
-class FedHT(LocalTraining):
-    """Fed-HT: server-side hard thresholding H_m every round."""
-
-    name = "fed-ht"
+@register("fed-ht")
+class FedHT(FedAvg):
+    """Fed-HT: server-side hard thresholding H_m every round (the knobs of fedavg)."""
 
     def threshold(self, theta: torch.Tensor) -> torch.Tensor:
         """H_m on the gated part of ``[..., P]``; ungated entries untouched."""
@@ -35,21 +36,18 @@ class FedHT(LocalTraining):
 
     def init_state(self, seed: int) -> State:
         state = super().init_state(seed)
-        state["theta"] = self.threshold(state["theta"])
-        return state
+        return {**state, "theta": self.threshold(state["theta"])}
 
     def server_step(self, state: State, theta: torch.Tensor, agg: Aggregate, ctx: StepContext) -> State:
-        state["theta"] = self.threshold(theta)
-        return state
+        return {**state, "theta": self.threshold(theta)}
 
     def down_bytes(self, state: State) -> int:
         return sparse_model_bytes(state["theta"], self.model.p)
 
 
+@register("fediter-ht")
 class FedIterHT(FedHT):
     """FedIter-HT: H_m after every local step on the clients and after aggregation on the server."""
-
-    name = "fediter-ht"
 
     def project(self, th: torch.Tensor) -> torch.Tensor:
         return self.threshold(th)

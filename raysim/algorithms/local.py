@@ -28,15 +28,33 @@ their actual number of non-zeros.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from raysim import defaults
 from raysim import rng as rngmod
 from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights)
+from raysim.config import AlgorithmSection
 from raysim.data.federation import StackedClients
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
+
+
+class RoundParams(AlgorithmSection):
+    """Knobs of every once-per-round algorithm (local epochs, then one aggregation)."""
+
+    local_epochs: int = Field(1, ge=1, description="Local epochs E per round; client k runs E ceil(n_k / batch_size) "
+                                                   "local steps.")
+    server_lr: float = Field(1.0, gt=0, description="Server learning rate applied to the averaged client delta.")
+
+
+class LocalSGDParams(RoundParams):
+    """Knobs of the dense local-SGD baselines (fedavg and the algorithms built on it)."""
+
+    eta_local: Optional[float] = Field(None, gt=0, description="Local learning rate of the clients' SGD steps. "
+                                                               + defaults.describe("algorithm.eta_local"))
 
 #: stride between rounds in the counters of the local random streams (2^20 local steps per round)
 LOCAL_STRIDE = 1 << 20
@@ -76,7 +94,7 @@ class LocalTraining(Algorithm):
 
     Subclasses override :meth:`local_objective` (the per-client loss that is differentiated),
     :meth:`project` (applied after every local step), :meth:`server_step` and the byte
-    counts. Knobs: ``local_epochs``, ``batch_size``, ``eta_local`` (default ``eta_theta``),
+    counts. Knobs (:class:`LocalSGDParams`): ``local_epochs``, ``batch_size``, ``eta_local``,
     ``server_lr``, ``weighting``.
     """
 
@@ -84,7 +102,8 @@ class LocalTraining(Algorithm):
 
     def __init__(self, cfg: Any, model, schedule):
         super().__init__(cfg, model, schedule)
-        self.eta = cfg.eta_local if cfg.eta_local is not None else cfg.eta_theta
+        #: the clients' SGD step (dense baselines; FLoPS-PA has its own eta_theta / eta_phi)
+        self.eta = getattr(cfg, "eta_local", None)
 
     # -- state ---------------------------------------------------------------------------
     def init_state(self, seed: int) -> State:
@@ -217,20 +236,21 @@ class LocalTraining(Algorithm):
         theta = state["theta"]
         if agg.weight > 0:
             theta = theta + self.cfg.server_lr * self.combine(agg, state).to(theta.dtype)
-        state = self.server_step(dict(state), theta, agg, ctx)
-        state.update(t=ctx.step + 1, _down=down, _up=up)
-        return state
+        state = self.server_step(state, theta, agg, ctx)
+        return {**state, "t": ctx.step + 1, "_down": down, "_up": up}
 
     def combine(self, agg: Aggregate, state: State) -> torch.Tensor:
         """The aggregated delta (default: the weighted mean sum_k w_k delta_k)."""
         return agg.mean["delta"]
 
     def server_step(self, state: State, theta: torch.Tensor, agg: Aggregate, ctx: StepContext) -> State:
-        state["theta"] = theta
-        return state
+        """The new state after the aggregated update ``theta`` (returns a new dict; ``state`` is
+        the one that was broadcast and is not changed)."""
+        return {**state, "theta": theta}
 
     def comm_bytes(self, state: State, n_selected: int, n_reported: int) -> tuple[int, int]:
         return n_selected * int(state.get("_down", self.down_bytes(state))), int(state.get("_up", 0))
 
 
-__all__ = ["LOCAL_STRIDE", "LocalTraining", "hard_threshold", "sparse_model_bytes", "top_m_mask"]
+__all__ = ["LOCAL_STRIDE", "LocalSGDParams", "LocalTraining", "RoundParams", "hard_threshold", "sparse_model_bytes",
+           "top_m_mask"]

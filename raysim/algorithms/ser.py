@@ -16,9 +16,13 @@ epochs, aggregation, bytes) is that of the base algorithm. Knobs: ``rho_s`` (0.0
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
-from raysim.algorithms.local import LocalTraining
+import torch
+from pydantic import Field
+
+from raysim.algorithms.fedavg import FedAvg, FedProxParams
+from raysim.algorithms.registry import register
 
 
 def sign_entropy(g: torch.Tensor, kappa: float) -> torch.Tensor:
@@ -29,10 +33,19 @@ def sign_entropy(g: torch.Tensor, kappa: float) -> torch.Tensor:
     return -(q * ls(a) + (1.0 - q) * ls(-a)).mean(-1)
 
 
-class SER(LocalTraining):
+class SERParams(FedProxParams):
+    """Knobs of ser: those of fedprox (``mu`` is used with ``ser_base = 'fedprox'``) and the sign entropy's."""
+
+    ser_base: Literal["fedavg", "fedprox"] = Field("fedavg", description="The algorithm the sign-entropy term is added to.")
+    rho_s: float = Field(0.01, ge=0, description="Strength of the sign-entropy term rho_s.")
+    kappa: float = Field(10.0, gt=0, description="Sharpness kappa of q_j = sigmoid(kappa g_j).")
+
+
+@register("ser")
+class SER(FedAvg):
     """FedAvg or FedProx with the sign-entropy term rho_s H_sign (double backprop)."""
 
-    name = "ser"
+    Params = SERParams
 
     def local_objective(self, th, xb, yb, mask, anchor):
         cfg = self.cfg

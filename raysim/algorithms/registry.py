@@ -1,0 +1,145 @@
+"""The algorithm registry: ``algorithm.name`` -> algorithm class (docs/algorithms.md section 8).
+
+One algorithm is one file under ``raysim/algorithms/``: a class decorated with
+``@register("name")`` whose ``Params`` attribute is a frozen pydantic model of its knobs
+(a subclass of :class:`raysim.config.AlgorithmSection`, which holds the knobs every
+algorithm has: ``name``, ``rho``, ``batch_size``, ``weighting``). Every module of the
+package is imported when the registry is first asked for a name, so adding an algorithm
+touches no list.
+
+A user algorithm needs no file in raysim: ``algorithm.name = "pkg.module:Class"`` imports
+``Class`` from ``pkg.module`` (which must be importable wherever the run executes: the
+driver and, with the Ray backend, the actors' worker processes) and registers it under
+that import string.
+
+This module imports no torch, so the configuration can ask it for the knobs of an
+algorithm cheaply once the algorithm modules are loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any
+
+#: name -> algorithm class, filled by :func:`register` (the built-ins on first use)
+REGISTRY: dict[str, type] = {}
+_builtins_loaded = False
+#: modules of the package that hold no algorithm
+_NOT_ALGORITHMS = {"base", "local", "registry"}
+
+
+def register(name: str):
+    """Class decorator: ``@register("fedavgm")`` makes the class ``algorithm.name = "fedavgm"``.
+
+    The class must have a ``Params`` attribute, a subclass of
+    :class:`raysim.config.AlgorithmSection`; an algorithm built on another (a subclass)
+    must have Params built on the other's Params, so settings written for the base
+    algorithm (``[algorithm.<base>]`` tables, section 8) are valid for it too.
+    """
+    def deco(cls: type) -> type:
+        _check_class(cls, name)
+        old = REGISTRY.get(name)
+        if old is not None and old is not cls and f"{old.__module__}.{old.__qualname__}" != \
+                f"{cls.__module__}.{cls.__qualname__}":
+            raise ValueError(f"algorithm name {name!r} is already registered by "
+                             f"{old.__module__}.{old.__qualname__}; choose another name for "
+                             f"{cls.__module__}.{cls.__qualname__}")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def _check_class(cls: Any, name: str) -> None:
+    from raysim.algorithms.base import Algorithm
+    from raysim.config import AlgorithmSection
+
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise TypeError(f"algorithm {name!r}: {cls!r} is not a subclass of raysim.algorithms.Algorithm")
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, AlgorithmSection)):
+        raise TypeError(f"algorithm {name!r}: {cls.__qualname__}.Params must be a subclass of "
+                        "raysim.config.AlgorithmSection (a frozen pydantic model of the algorithm's knobs)")
+    for base in cls.__mro__[1:]:
+        bp = base.__dict__.get("Params")
+        if bp is not None and base.__dict__.get("name") in REGISTRY and not issubclass(params, bp):
+            raise TypeError(f"algorithm {name!r} is built on {base.__dict__['name']!r} but its Params "
+                            f"({params.__qualname__}) does not extend {bp.__qualname__}; derive it from that class")
+
+
+def load_builtins() -> None:
+    """Import every module of raysim.algorithms (each registers its algorithms)."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    pkg = importlib.import_module("raysim.algorithms")
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in _NOT_ALGORITHMS and not mod.name.startswith("_"):
+            importlib.import_module(f"raysim.algorithms.{mod.name}")
+    _builtins_loaded = True
+
+
+def is_import_string(name: str) -> bool:
+    return ":" in name
+
+
+def _import_plugin(spec: str) -> type:
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ValueError(f"algorithm.name = {spec!r}: an import string is 'package.module:ClassName'")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as exc:
+        raise ValueError(f"algorithm.name = {spec!r}: cannot import module {mod_name!r} ({exc}); the module must be "
+                         "importable (on sys.path / PYTHONPATH, or an installed package)") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"algorithm.name = {spec!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    try:
+        _check_class(obj, spec)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    return obj
+
+
+def algorithm_class(name: str) -> type:
+    """The class of ``algorithm.name``: a registered name or a ``"pkg.module:Class"`` import string."""
+    load_builtins()
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if is_import_string(name):
+        cls = _import_plugin(name)
+        REGISTRY[name] = cls
+        return cls
+    import difflib
+
+    hint = difflib.get_close_matches(name, list(REGISTRY), n=1)
+    raise ValueError(f"unknown algorithm {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                     + f"; known: {', '.join(names())}, or 'package.module:ClassName' for your own class")
+
+
+def names() -> list[str]:
+    """The built-in algorithm names, in registration order (plug-ins by import string excluded)."""
+    load_builtins()
+    return [n for n in REGISTRY if not is_import_string(n)]
+
+
+def knobs(name: str) -> list[str]:
+    """The keys the ``[algorithm]`` table may hold when ``algorithm.name = name``."""
+    return list(algorithm_class(name).Params.model_fields)
+
+
+def built_on(name: str) -> list[str]:
+    """The registered algorithms that ``name`` is built on (itself first, then its bases)."""
+    cls = algorithm_class(name)
+    out = [name]
+    for base in cls.__mro__[1:]:
+        bn = base.__dict__.get("name")
+        if isinstance(bn, str) and REGISTRY.get(bn) is base and bn not in out:
+            out.append(bn)
+    return out
+
+
+__all__ = ["REGISTRY", "algorithm_class", "built_on", "knobs", "load_builtins", "names", "register"]
