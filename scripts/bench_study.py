@@ -27,7 +27,8 @@ import tomli_w
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: a small stress grid whose cells share their data: 2 algorithms x 2 rho x 2 eta_theta, one seed
+#: a small stress grid whose cells share their data: 2 algorithms x 2 rho x 2 eta_theta (flops's knob, set in
+#: [algorithm.flops]: the fedavg cells of the two values are the same run), one seed
 STRESS = {
     "run": {"rounds": 10, "progress": False, "plots": False},
     "data": {"p": 100, "rho_true": 0.1, "n_clients": 500, "n_per_client": 20, "test_samples": 1000, "h_coef": 0.3},
@@ -35,7 +36,7 @@ STRESS = {
     "algorithm": {"name": "flops", "rho": 0.1, "batch_size": 10},
     "cluster": {"clients_per_actor": 250, "num_cpus": 0.5, "server_num_cpus": 0.5},
     "stress": {"name": "bench", "algorithms": ["flops", "fedavg"], "seeds": [0], "metric": "r2",
-               "axes": {"algorithm.rho": [0.05, 0.1], "algorithm.eta_theta": [0.05, 0.2]}},
+               "axes": {"algorithm.rho": [0.05, 0.1], "algorithm.flops.eta_theta": [0.05, 0.2]}},
 }
 
 

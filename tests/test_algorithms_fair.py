@@ -23,7 +23,8 @@ def cfg_of(*extra):
 @pytest.mark.parametrize("base,mu", [("fedavg", 0.0), ("fedprox", 0.3)])
 def test_ser_with_rho_s_zero_is_its_base(base, mu):
     ref_name = "fedavg" if base == "fedavg" else "fedprox"
-    ref, _, _ = run_reference(cfg_of(f"algorithm.name='{ref_name}'", f"algorithm.mu={mu}"), evaluate=False)
+    ref_mu = [f"algorithm.mu={mu}"] if ref_name == "fedprox" else []      # fedavg has no mu
+    ref, _, _ = run_reference(cfg_of(f"algorithm.name='{ref_name}'", *ref_mu), evaluate=False)
     ser, _, _ = run_reference(cfg_of("algorithm.name='ser'", f"algorithm.ser_base='{base}'", f"algorithm.mu={mu}",
                                      "algorithm.rho_s=0.0"), evaluate=False)
     torch.testing.assert_close(ser.state["theta"], ref.state["theta"], rtol=1e-6, atol=1e-7)
@@ -34,7 +35,7 @@ def test_ser_with_rho_s_zero_is_its_base(base, mu):
 def test_ser_local_step_differentiates_through_the_gradient():
     """One local step of one client against torch.func: grad of loss + rho_s H_sign(grad loss)."""
     cfg = cfg_of("algorithm.name='ser'", "algorithm.rho_s=0.5", "algorithm.kappa=3.0", "algorithm.local_epochs=1",
-                 "algorithm.batch_size=1000", "algorithm.eta_theta=0.1", "data.task='lg'")
+                 "algorithm.batch_size=1000", "algorithm.eta_local=0.1", "data.task='lg'")
     core = ServerCore(cfg)
     core.state["theta"] = 0.3 * torch.randn(core.comp.model.P, generator=torch.Generator().manual_seed(0))
     cohort = ClientCohort(cfg, np.array([2]))
@@ -81,7 +82,7 @@ def test_fedeba_weights_are_a_softmax_of_the_losses_over_all_actors(a):
     whether the clients come in one message or split over three actors."""
     T = 0.7
     cfg = cfg_of("algorithm.name='fedeba'", f"algorithm.eba_alignment={a}", f"algorithm.eba_temperature={T}",
-                 "data.task='lg'", "data.h_coef=1.0", "algorithm.eta_theta=0.5")
+                 "data.task='lg'", "data.h_coef=1.0")
     core = ServerCore(cfg)
     core.state["theta"] = 0.2 * torch.randn(core.comp.model.P, generator=torch.Generator().manual_seed(4))
     payload = core.payload()

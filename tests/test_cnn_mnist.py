@@ -13,7 +13,7 @@ pytestmark = pytest.mark.ray
 def test_cnn_learns_mnist_5k_on_ray_actors(ray_session, tmp_path):
     cfg = load_config("datasets/mnist-5k-cnn.toml", [
         "run.rounds=3", "data.n_clients=6", "data.max_samples=600", "participation.rate=1.0",
-        "algorithm.name='fedavg'", "algorithm.batch_size=20", "algorithm.eta_theta=0.1",
+        "algorithm.name='fedavg'", "algorithm.batch_size=20",
         "cluster.clients_per_actor=3", "cluster.num_cpus=0.25", "run.progress=false", "run.plots=false",
         f"run.run_dir='{tmp_path / 'cnn'}'"])
     res = run(cfg)

@@ -13,10 +13,14 @@ from raysim.config import load_config
 @pytest.mark.parametrize("task", ["lr", "lg", "mc", "mlc", "cnn"])
 def test_unset_keys_take_the_task_default(task):
     extra = ["data.kind='real'", "data.dataset='mnist-5k'"] if task == "cnn" else []
-    cfg = load_config(None, [f"data.task='{task}'", *extra])
+    flops = load_config(None, [f"data.task='{task}'", *extra])
+    fedavg = load_config(None, [f"data.task='{task}'", "algorithm.name='fedavg'", *extra])
     for dotted, value in defaults.TASK_DEFAULTS[task].items():
         section, key = dotted.split(".")
+        # an algorithm key is filled where the chosen algorithm has that knob, and only there
+        cfg = fedavg if key == "eta_local" else flops
         assert getattr(getattr(cfg, section), key) == value, dotted
+    assert not hasattr(flops.algorithm, "eta_local") and not hasattr(fedavg.algorithm, "eta_theta")
 
 
 def test_explicit_values_win_and_the_tasks_differ():

@@ -174,7 +174,7 @@ def test_cnn_cohort_training_is_vectorised_and_layout_independent(name):
     fed = _ImageFederation([7, 12, 5, 9])
     model = build_model("cnn", fed.input_shape, fed.n_outputs)
     cfg = load_config(None, [f"algorithm.name='{name}'", "algorithm.batch_size=4", "algorithm.local_epochs=2",
-                             "algorithm.eta_theta=0.05", "algorithm.rho=0.1"]).algorithm
+                             "algorithm.flops.eta_theta=0.05", "algorithm.rho=0.1"]).algorithm
     algo = build_algorithm(cfg, model, Schedule(total_steps=4, steps_per_round=1, prune_start=2, tau_end=2))
     st = stack_clients(fed, np.arange(4))
     assert st.y.dtype == torch.int64

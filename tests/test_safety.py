@@ -367,7 +367,6 @@ algorithms = ["fedavg", "fed-ht"]
 seeds = [0, 1]
 out_dir = {json.dumps(str(tmp_path / 'out'))}
 [compare.per_algorithm.fed-ht.algorithm]
-eta_theta = 1e5
 eta_local = 1e5
 """)
     r = raysim("compare", str(cfg))
@@ -380,7 +379,7 @@ eta_local = 1e5
     assert "2 diverged" in row and "| diverged |" in row            # the status, not a number
     assert "did not end ok" in r.stderr
     # every run diverged: exit 6; rerunning replaces the comparison's own run folders
-    r = raysim("compare", str(cfg), "--set", "algorithm.eta_theta=1e5", "--set", "algorithm.eta_local=1e5")
+    r = raysim("compare", str(cfg), "--set", "algorithm.eta_local=1e5")
     assert r.returncode == outcome.EXIT_ALL_FAILED, r.stderr
 
 

@@ -1,0 +1,147 @@
+"""The algorithm registry and per-algorithm knobs (docs/algorithms.md section 8): each algorithm
+declares its own frozen Params; a knob the chosen algorithm does not have is an error that
+names the algorithm and its knobs; [algorithm.NAME] tables scope knobs in shared scenario
+files; a user's class is chosen by import string."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import Field, ValidationError
+
+from raysim.algorithms import registry
+from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.local import LocalSGDParams
+from raysim.config import AlgorithmSection, ConfigError, load_config
+from raysim.reference import run_reference
+
+SMALL = ["data.p=30", "data.n_clients=8", "data.n_per_client=16", "data.test_samples=300", "data.rho_true=0.1",
+         "algorithm.rho=0.1", "run.rounds=3", "run.progress=false", "run.plots=false", "participation.rate=0.5"]
+
+
+class DampedParams(LocalSGDParams):
+    damping: float = Field(0.5, gt=0, le=1, description="Fraction of the averaged delta the server applies.")
+
+
+class Damped(FedAvg):
+    """A user algorithm (defined in this test module, not in raysim): FedAvg whose server applies
+    ``damping`` times the averaged delta."""
+
+    Params = DampedParams
+
+    def combine(self, agg, state):
+        return self.cfg.damping * agg.mean["delta"]
+
+
+def test_every_builtin_has_its_own_frozen_params_and_only_its_knobs():
+    names = registry.names()
+    for n in ("flops", "flops-ent", "flops-pa", "flops-pa-ent", "fedavg", "fedavg-prune", "fed-ht", "fediter-ht",
+              "fedprox", "ser", "fedeba", "fedavgm"):
+        assert n in names
+    assert "eta_local" not in registry.knobs("flops") and "eta_theta" not in registry.knobs("fedavg")
+    assert "mu" in registry.knobs("fedprox") and "mu" not in registry.knobs("fedavg")
+    assert "local_epochs" in registry.knobs("flops-pa") and "local_epochs" not in registry.knobs("flops")
+    cfg = load_config(None, ["algorithm.name='fedprox'"])
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.algorithm.mu = 1.0
+
+
+def test_a_knob_of_another_algorithm_is_an_error_naming_the_algorithm_and_its_knobs():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["algorithm.name='fedavg'", "algorithm.eta_theta=0.1"])
+    msg = str(e.value)
+    assert "unknown key 'algorithm.eta_theta'" in msg and "fedavg has no knob 'eta_theta'" in msg
+    for knob in registry.knobs("fedavg"):
+        assert knob in msg
+    assert "[algorithm.flops]" in msg                   # where it belongs in a shared file
+    with pytest.raises(ConfigError, match="flops has no knob 'mu'"):
+        load_config(None, ["algorithm.mu=0.1"])
+
+
+def test_scoped_tables_apply_to_the_algorithm_and_those_built_on_it(tmp_path):
+    f = tmp_path / "scenario.toml"
+    f.write_text('[algorithm]\nname = "flops"\nrho = 0.1\n'
+                 '[algorithm.flops]\neta_theta = 0.3\n'
+                 '[algorithm.fedavg]\neta_local = 0.004\nlocal_epochs = 2\n'
+                 '[algorithm.fed-ht]\nlocal_epochs = 3\n')
+    flops = load_config(f).algorithm
+    assert flops.eta_theta == 0.3 and not hasattr(flops, "eta_local")
+    assert load_config(f, ["algorithm.name='flops-pa'"]).algorithm.eta_theta == 0.3      # built on flops
+    fedprox = load_config(f, ["algorithm.name='fedprox'"]).algorithm
+    assert (fedprox.eta_local, fedprox.local_epochs) == (0.004, 2)                       # built on fedavg
+    iht = load_config(f, ["algorithm.name='fediter-ht'"]).algorithm
+    assert (iht.eta_local, iht.local_epochs) == (0.004, 3)                               # fed-ht's table is closer
+    # a top-level key wins over every table; the resolved config keeps only the algorithm's knobs
+    top = load_config(f, ["algorithm.name='fedavg'", "algorithm.local_epochs=5"])
+    assert top.algorithm.local_epochs == 5
+    assert set(top.to_toml_dict()["algorithm"]) == set(registry.knobs("fedavg"))
+    # a scoped table is checked against its algorithm's knobs even when another one runs
+    with pytest.raises(ConfigError, match=r"algorithm\.fedavg\.eta_theta.*fedavg has no knob 'eta_theta'"):
+        load_config(f, ["algorithm.fedavg.eta_theta=0.1"])
+    with pytest.raises(ConfigError, match=r"algorithm\.fedavg\.eta_local = -1"):
+        load_config(f, ["algorithm.fedavg.eta_local=-1"])
+
+
+def test_task_defaults_fill_only_the_chosen_algorithms_knobs():
+    from raysim import defaults
+
+    cfg = load_config(None, ["data.task='lg'", "algorithm.name='fedavgm'"])
+    assert cfg.algorithm.eta_local == defaults.TASK_DEFAULTS["lg"]["algorithm.eta_local"]
+    assert not hasattr(cfg.algorithm, "eta_theta") and not hasattr(cfg.algorithm, "rho_init")
+
+
+def test_user_algorithm_by_import_string_runs_and_round_trips(tmp_path):
+    name = f"{__name__}:Damped"
+    full = run_reference(load_config(None, SMALL + ["algorithm.name='fedavg'"]), evaluate=False)[0]
+    cfg = load_config(None, SMALL + [f"algorithm.name='{name}'", "algorithm.damping=1.0"])
+    assert isinstance(cfg.algorithm, DampedParams) and cfg.algorithm.name == name
+    one, _, _ = run_reference(cfg, evaluate=False)
+    torch.testing.assert_close(one.state["theta"], full.state["theta"])          # damping 1 is FedAvg
+    half, _, _ = run_reference(load_config(None, SMALL + [f"algorithm.name='{name}'"]), evaluate=False)
+    assert not torch.allclose(half.state["theta"], full.state["theta"])
+    # its knobs are checked like a built-in's, and the written config loads back to the same config
+    with pytest.raises(ConfigError, match="has no knob 'eta_theta'"):
+        load_config(None, [f"algorithm.name='{name}'", "algorithm.eta_theta=0.1"])
+    from raysim.config import dump_toml
+
+    dump_toml(cfg, tmp_path / "config.toml")
+    assert load_config(tmp_path / "config.toml") == cfg
+
+
+@pytest.mark.parametrize("name,why", [
+    ("no_such_module_xyz:Algo", "cannot import module 'no_such_module_xyz'"),
+    (f"{__name__}:Missing", "has no attribute 'Missing'"),
+    (f"{__name__}:DampedParams", "is not a subclass of raysim.algorithms.Algorithm"),
+    ("fedfoo", "unknown algorithm 'fedfoo'"),
+])
+def test_bad_algorithm_names_are_config_errors(name, why):
+    with pytest.raises(ConfigError, match="algorithm.name") as e:
+        load_config(None, [f"algorithm.name='{name}'"])
+    assert why in str(e.value)
+
+
+def test_register_checks_the_class():
+    class NoParams(FedAvg):
+        Params = None
+
+    with pytest.raises(TypeError, match="Params must be a subclass"):
+        registry.register("test-no-params")(NoParams)
+
+    class OffTree(FedAvg):                      # built on fedavg, but Params not built on fedavg's
+        Params = AlgorithmSection
+
+    with pytest.raises(TypeError, match="does not extend"):
+        registry.register("test-off-tree")(OffTree)
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("fedavg")(Damped)
+    assert "test-no-params" not in registry.REGISTRY and "test-off-tree" not in registry.REGISTRY
+
+
+def test_config_doc_lists_the_knobs_per_algorithm():
+    from raysim.cli import config_doc
+
+    doc = config_doc()
+    for n in registry.names():
+        assert f"# algorithm.name = {n!r}:" in doc
+    section = doc.split("# algorithm.name = 'fedavgm':")[1].split("# algorithm.name")[0]
+    assert "server_momentum = 0.9" in section and "Built on fedavg" in section
