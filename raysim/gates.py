@@ -17,7 +17,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 
 PHI_LIMIT = 30.0  # phi is kept finite and nothing more (a narrow clamp makes low densities unreachable)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 
 FLOAT_BYTES = 4
 INDEX_BYTES = 4

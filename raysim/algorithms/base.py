@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from raysim import rng as rngmod
-from raysim.data.federation import StackedClients
-from raysim.models import Model
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
+
+if TYPE_CHECKING:
+    from raysim.data.federation import StackedClients
+    from raysim.models import Model
 
 State = dict[str, Any]
 
@@ -76,8 +78,10 @@ class Aggregate:
     extra: list[dict[str, Any]]
 
 
-def aggregate(partials: list[Partial], dtype: torch.dtype = torch.float32) -> Aggregate:
-    """Combine the actors' partial sums (float64, fixed order), then divide by the total weight."""
+def aggregate(partials: list[Partial], dtype: torch.dtype | None = None) -> Aggregate:
+    """Combine the actors' partial sums (float64, fixed order), then divide by the total weight
+    (the means in ``dtype``, default float32)."""
+    dtype = torch.float32 if dtype is None else dtype
     parts = [p for p in partials if p is not None and p.client_ids.size]
     weight = float(sum(p.weight for p in parts))
     mean: dict[str, torch.Tensor] = {}

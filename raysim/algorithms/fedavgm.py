@@ -19,13 +19,13 @@ Knobs: those of fedavg (``local_epochs``, ``batch_size``, ``eta_local``, ``serve
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
 from raysim.algorithms.base import Aggregate, State, StepContext
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.local import LocalSGDParams
 from raysim.algorithms.registry import register
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 
 
 class FedAvgMParams(LocalSGDParams):

@@ -25,13 +25,13 @@ a = 1, or T -> infinity, it is FedAvg.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from raysim.algorithms.base import Aggregate, State
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.local import LocalSGDParams
 from raysim.algorithms.registry import register
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
 
 

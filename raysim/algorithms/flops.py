@@ -28,7 +28,6 @@ import time
 from typing import Any, Literal, Optional
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
 
 from raysim import defaults, gates
@@ -37,6 +36,7 @@ from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepCo
                                     minibatch, partial_work_mask)
 from raysim.algorithms.registry import register
 from raysim.config import AlgorithmSection
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import tensor_bytes
 
 

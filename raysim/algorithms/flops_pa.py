@@ -33,7 +33,6 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import model_validator
 
 from raysim import gates
@@ -42,6 +41,7 @@ from raysim.algorithms.base import Aggregate, Partial, State, StepContext, clien
 from raysim.algorithms.flops import DEFAULT_TAU0, FLoPS, FLoPSParams, tau_at
 from raysim.algorithms.local import LOCAL_STRIDE, LocalTraining, RoundParams
 from raysim.algorithms.registry import register
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
 
 

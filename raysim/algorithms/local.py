@@ -28,18 +28,20 @@ their actual number of non-zeros.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from raysim import defaults
 from raysim import rng as rngmod
 from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights)
 from raysim.config import AlgorithmSection
-from raysim.data.federation import StackedClients
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
+
+if TYPE_CHECKING:
+    from raysim.data.federation import StackedClients
 
 
 class RoundParams(AlgorithmSection):

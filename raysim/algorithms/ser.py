@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from raysim.algorithms.fedavg import FedAvg, FedProxParams
 from raysim.algorithms.registry import register
+from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 
 
 def sign_entropy(g: torch.Tensor, kappa: float) -> torch.Tensor:
