@@ -198,7 +198,7 @@ def _key_lines(fields: dict[str, Any]) -> list[str]:
 
 def algorithm_doc() -> list[str]:
     """The ``[algorithm]`` part of ``raysim config --doc``: the common knobs, then every
-    registered algorithm with the knobs of its own (docs/algorithms.md section 8)."""
+    registered algorithm with the knobs of its own (docs/algorithms.md section 10)."""
     from raysim.algorithms import registry
     from raysim.config import AlgorithmSection
 

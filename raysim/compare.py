@@ -12,6 +12,11 @@ A comparison file is an ordinary run configuration (``[run]``, ``[data]``, ``[pa
     [compare.per_algorithm.fedavg]                          # optional overrides of one arm
     algorithm = { local_epochs = 2 }
 
+The shared ``[algorithm]`` table applies to every arm, so its top-level keys must be knobs
+every arm has (``rho``, ``batch_size``, ``weighting``): a knob one arm lacks is an error that
+names that arm's knobs. Knobs of a family go in ``[algorithm.flops]`` / ``[algorithm.fedavg]``
+sub-tables, which apply only to the arms built on that algorithm (docs/algorithms.md section 10).
+
 Every (algorithm, seed) pair is one full raysim run; they run side by side on Ray (each with
 its server and client actors reserved up front) when ``raysim.cluster.parallel`` is
 available, one after the other otherwise. The output folder holds::

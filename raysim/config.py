@@ -187,7 +187,7 @@ class ParticipationSection(_Section):
 
 
 class AlgorithmSection(_Section):
-    """The federated algorithm: the knobs every algorithm has (docs/algorithms.md section 8).
+    """The federated algorithm: the knobs every algorithm has (docs/algorithms.md section 10).
 
     Each algorithm declares its own knobs in a frozen subclass (its ``Params``, in its own
     file under ``raysim/algorithms/``); ``Config.algorithm`` is an instance of the chosen
@@ -217,7 +217,7 @@ def _owners(key: str) -> list[str]:
 
 
 def build_algorithm_params(table: Any, task: str | None = None) -> AlgorithmSection:
-    """The chosen algorithm's Params from an ``[algorithm]`` table (docs/algorithms.md section 8).
+    """The chosen algorithm's Params from an ``[algorithm]`` table (docs/algorithms.md section 10).
 
     * ``name`` chooses the algorithm (registered name or ``"package.module:ClassName"``);
     * every other top-level key must be a knob of that algorithm: anything else is an error

@@ -4,7 +4,7 @@ A config that does not set ``run.rounds``, ``algorithm.eta_theta``, ``algorithm.
 ``algorithm.eta_lambda``, ``algorithm.prune_start``, ``algorithm.rho_init`` or
 ``algorithm.eta_local`` gets the value of its task (``data.task``) from :data:`TASK_DEFAULTS`;
 an algorithm key is filled only where the chosen algorithm has that knob (FLoPS has no
-``eta_local``, FedAvg no ``eta_theta``; docs/algorithms.md section 8).
+``eta_local``, FedAvg no ``eta_theta``; docs/algorithms.md section 10).
 The resolved value is written into the run's ``config.toml``, so a run directory always says
 what was used.
 

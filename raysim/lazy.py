@@ -1,7 +1,7 @@
 """``torch`` imported on first use, for the modules that the configuration needs to import.
 
 Resolving a configuration reads every algorithm's knobs from the algorithm's own file
-(docs/algorithms.md section 8), and ``import raysim`` plus ``load_config`` must not import
+(docs/algorithms.md section 10), and ``import raysim`` plus ``load_config`` must not import
 torch (docs/architecture.md: the driver-side API stays light). The algorithm modules and the
 helpers they import at module level (``raysim.gates``, ``raysim.metrics``) therefore write
 ``from raysim.lazy import torch``: the name behaves like the torch module, which is imported
@@ -35,6 +35,9 @@ class LazyModule:
         value = getattr(self._load(), attr)
         object.__setattr__(self, attr, value)
         return value
+
+    def __reduce__(self):                              # pickled by value (e.g. a closure's globals): by name
+        return (LazyModule, (object.__getattribute__(self, "_lazy_name"),))
 
     def __repr__(self) -> str:
         return f"<lazy module {object.__getattribute__(self, '_lazy_name')!r}>"

@@ -394,7 +394,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
             "seed": cfg.run.seed, "rounds": total_rounds, "rounds_run": int(rows[-1].get("round", total_rounds)),
             "total_steps": info["total_steps"],
             "steps_per_round": info["steps_per_round"], "p": info["p"], "m": info["m"],
-            # algorithms without a prune_start knob (docs/algorithms.md section 8) have none
+            # algorithms without a prune_start knob (docs/algorithms.md section 10) have none
             "prune_start_step": info["prune_start"] if has_prune else None,
             "prune_start_round": info["prune_start"] / info["steps_per_round"] if has_prune else None,
             "n_clients": cfg.data.n_clients, "n_actors": len(sim.actors),

@@ -22,6 +22,12 @@ scenario file) plus a ``[stress]`` table::
     "algorithm.name" = "flops"
     "algorithm.tau0" = 0.05
 
+Every cell's ``[algorithm]`` table must hold only knobs of the cell's algorithm (an axis or a
+scenario key that one of the algorithms lacks is an error naming its knobs); knobs of one
+family go in ``[algorithm.flops]`` / ``[algorithm.fedavg]`` sub-tables, also as axes
+(``"algorithm.flops.eta_theta" = [...]``), and apply only to the algorithms built on it
+(docs/algorithms.md section 10).
+
 Every cell (axis values x algorithm x seed) is one whole raysim run in its own run
 directory ``<out>/runs/<algorithm>/<axis=value,...>/seed=<s>``; the cells run side by side
 on Ray (:func:`raysim.cluster.parallel.run_many`). A cell whose ``summary.json`` exists and

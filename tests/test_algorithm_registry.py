@@ -1,4 +1,4 @@
-"""The algorithm registry and per-algorithm knobs (docs/algorithms.md section 8): each algorithm
+"""The algorithm registry and per-algorithm knobs (docs/algorithms.md section 10): each algorithm
 declares its own frozen Params; a knob the chosen algorithm does not have is an error that
 names the algorithm and its knobs; [algorithm.NAME] tables scope knobs in shared scenario
 files; a user's class is chosen by import string."""

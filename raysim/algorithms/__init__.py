@@ -2,7 +2,7 @@
 
 One algorithm is one file of this package: a class registered with
 ``@register("name")`` (:mod:`raysim.algorithms.registry`) and its frozen ``Params`` model of
-knobs (docs/algorithms.md section 8). Every module here is imported when the registry is
+knobs (docs/algorithms.md section 10). Every module here is imported when the registry is
 first used, so a new file is all a new algorithm needs. ``algorithm.name`` may also be
 ``"package.module:ClassName"``, a user's own :class:`Algorithm` subclass.
 

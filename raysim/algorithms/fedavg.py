@@ -13,7 +13,7 @@ Knobs: ``local_epochs``, ``batch_size``, ``eta_local``, ``server_lr``, ``weighti
 (:class:`~raysim.algorithms.local.LocalSGDParams`), ``mu`` (fedprox), ``fine_tune_rounds``
 (fedavg-prune). Every other dense baseline is built on :class:`FedAvg` (a subclass), so an
 ``[algorithm.fedavg]`` table of a shared scenario file applies to all of them
-(docs/algorithms.md section 8).
+(docs/algorithms.md section 10).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The algorithm registry: ``algorithm.name`` -> algorithm class (docs/algorithms.md section 8).
+"""The algorithm registry: ``algorithm.name`` -> algorithm class (docs/algorithms.md section 10).
 
 One algorithm is one file under ``raysim/algorithms/``: a class decorated with
 ``@register("name")`` whose ``Params`` attribute is a frozen pydantic model of its knobs
@@ -35,7 +35,7 @@ def register(name: str):
     The class must have a ``Params`` attribute, a subclass of
     :class:`raysim.config.AlgorithmSection`; an algorithm built on another (a subclass)
     must have Params built on the other's Params, so settings written for the base
-    algorithm (``[algorithm.<base>]`` tables, section 8) are valid for it too.
+    algorithm (``[algorithm.<base>]`` tables, section 10) are valid for it too.
     """
     def deco(cls: type) -> type:
         _check_class(cls, name)
