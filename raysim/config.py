@@ -210,6 +210,12 @@ def _knob_error(loc: tuple[str, ...], value: Any, text: str) -> dict[str, Any]:
     return {"type": PydanticCustomError("unknown_knob", "{text}", {"text": text}), "loc": loc, "input": value}
 
 
+#: keys with a non-None default that every resolved config written before per-algorithm knobs
+#: held together (one flat table for all algorithms); no hand-written table holds them all
+_LEGACY_FLAT = frozenset({"gamma", "zeta", "beta", "gate_decay", "optimizer", "prune_start_unit", "tau_schedule",
+                          "local_epochs", "server_lr"})
+
+
 def _owners(key: str) -> list[str]:
     from raysim.algorithms import registry
 
@@ -248,6 +254,18 @@ def build_algorithm_params(table: Any, task: str | None = None) -> AlgorithmSect
         raise ValidationError.from_exception_data("algorithm", [_knob_error(("name",), name, str(exc))]) from None
     params = cls.Params
     valid = list(params.model_fields)
+    if _LEGACY_FLAT <= set(table):
+        # A config.toml / best_config.toml written by raysim before each algorithm had its own
+        # knobs: it lists every algorithm's knobs, and those of other algorithms were ignored
+        # then. Reading it the same way keeps old run directories resumable and repeatable.
+        import warnings
+
+        dropped = sorted(k for k in table if k not in valid and not isinstance(table[k], dict))
+        if dropped:
+            warnings.warn(f"[algorithm] is a resolved config written before per-algorithm knobs (every algorithm's "
+                          f"knobs in one table); the knobs {name} does not have were ignored then and are now: "
+                          f"{', '.join(dropped)}", UserWarning, stacklevel=2)
+        table = {k: v for k, v in table.items() if k not in dropped}
     scoped = {k: v for k, v in table.items() if isinstance(v, dict) and k not in valid}
     top = {k: v for k, v in table.items() if k not in scoped}
     errors: list[dict[str, Any]] = []

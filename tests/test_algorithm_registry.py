@@ -5,6 +5,8 @@ files; a user's class is chosen by import string."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from pydantic import Field, ValidationError
@@ -15,6 +17,7 @@ from raysim.algorithms.local import LocalSGDParams
 from raysim.config import AlgorithmSection, ConfigError, load_config
 from raysim.reference import run_reference
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data.p=30", "data.n_clients=8", "data.n_per_client=16", "data.test_samples=300", "data.rho_true=0.1",
          "algorithm.rho=0.1", "run.rounds=3", "run.progress=false", "run.plots=false", "participation.rate=0.5"]
 
@@ -145,3 +148,25 @@ def test_config_doc_lists_the_knobs_per_algorithm():
         assert f"# algorithm.name = {n!r}:" in doc
     section = doc.split("# algorithm.name = 'fedavgm':")[1].split("# algorithm.name")[0]
     assert "server_momentum = 0.9" in section and "Built on fedavg" in section
+
+
+def test_a_resolved_config_of_the_flat_era_loads_as_it_ran(tmp_path):
+    """A config.toml written before per-algorithm knobs (one table with every algorithm's knobs,
+    the others' ignored) still loads, to the knobs the algorithm used, with a warning; a
+    hand-written table with one foreign knob is still an error."""
+    import tomllib
+    import warnings
+
+    old = tomllib.loads((ROOT / "results/defaults/studies/defaults-lr/report/best_config.toml").read_text())
+    assert {"eta_local", "mu", "eba_alignment", "eta_theta"} <= set(old["algorithm"])
+    f = tmp_path / "old.toml"
+    import tomli_w
+
+    f.write_text(tomli_w.dumps(old))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        cfg = load_config(f)
+    assert cfg.algorithm.name == "flops" and cfg.algorithm.eta_theta == old["algorithm"]["eta_theta"]
+    assert any("eta_local" in str(x.message) and "eba_alignment" in str(x.message) for x in w)
+    with pytest.raises(ConfigError, match="has no knob 'eta_local'"):
+        load_config(None, ["algorithm.eta_local=0.1", "algorithm.gamma=-0.1", "algorithm.zeta=1.1"])
