@@ -266,7 +266,7 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
 
     ``warm``: runs that share their data (the algorithms of one seed) run batched on a warm
     pool of actors (``raysim.cluster.warm``); ``False``: every run with fresh actors."""
-    from raysim.report import TEST_METRIC
+    from raysim.metrics import TEST_METRIC
 
     spec, cfgs = plan(path, overrides, out_dir)
     out = Path(spec["out_dir"])

@@ -82,6 +82,12 @@ class Model:
         """Per-client fairness score ``[K]`` of one model ``[P]`` on padded held-out data."""
         raise NotImplementedError
 
+    def client_scores_many(self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                           mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`client_scores` of several models ``[S, P]`` at once: ``[S, K]`` (the warm
+        pools evaluate the runs of a batch together; models may vectorise it)."""
+        return torch.stack([self.client_scores(th, x, y, mask) for th in thetas])
+
     def gated_feature_index(self) -> np.ndarray | None:
         """For each gated weight, the input feature it reads (support recovery per feature)."""
         return None
@@ -121,6 +127,15 @@ class LinearRegression(Model):
         cnt = m.sum(1).clamp_min(1.0)
         mean_y = (y * m).sum(1) / cnt
         sse = (((pred - y) ** 2) * m).sum(1)
+        sst = (((y - mean_y[:, None]) ** 2) * m).sum(1)
+        return torch.where(sst > 0, 1.0 - sse / sst.clamp_min(1e-12), torch.full_like(sse, float("nan")))
+
+    def client_scores_many(self, thetas, x, y, mask):
+        pred = torch.einsum("knp,sp->skn", x, thetas[:, : self.p_in]) + thetas[:, self.p_in, None, None]
+        m = mask.to(pred.dtype)
+        cnt = m.sum(1).clamp_min(1.0)
+        mean_y = (y * m).sum(1) / cnt
+        sse = (((pred - y) ** 2) * m).sum(-1)
         sst = (((y - mean_y[:, None]) ** 2) * m).sum(1)
         return torch.where(sst > 0, 1.0 - sse / sst.clamp_min(1e-12), torch.full_like(sse, float("nan")))
 

@@ -271,7 +271,7 @@ def results_table(grid: Grid) -> pd.DataFrame:
 
 
 def default_metric(grid: Grid, df: pd.DataFrame) -> str:
-    from raysim.report import TEST_METRIC
+    from raysim.metrics import TEST_METRIC
 
     task = grid.cells[0].cfg.data.task if grid.cells else "lr"
     m = grid.metric or TEST_METRIC.get(task, "accuracy")
