@@ -24,7 +24,7 @@ from raysim.algorithms import Algorithm, Partial, Schedule, StepContext, aggrega
 from raysim.config import Config
 from raysim.data import Federation, build_federation, stack_clients
 from raysim.metrics import fairness, soft_iou, support_metrics
-from raysim.models import Model, build_model
+from raysim.models import Model, model_for
 
 
 def make_schedule(cfg: Config, fed: Federation) -> Schedule:
@@ -58,7 +58,7 @@ class Components:
 
 def build_components(cfg: Config) -> Components:
     fed = build_federation(cfg.data, cfg.run.seed, cfg.partition)
-    model = build_model(fed.task, fed.input_shape, fed.n_outputs)
+    model = model_for(cfg, fed)   # the user's nn.Module ([model] module) or the task's built-in model
     return components_on(cfg, fed, model)
 
 

@@ -86,6 +86,8 @@ def data_fingerprint(cfg: Config) -> str:
     d = cfg.to_toml_dict()
     key: dict[str, Any] = {"data": d["data"], "partition": d.get("partition", {}), "seed": cfg.run.seed,
                            "cluster": {k: d["cluster"].get(k) for k in _LAYOUT}, "n_actors": cfg.n_actors()}
+    if d.get("model", {}).get("module"):   # a user model: the pool's runs share its federation AND its model
+        key["model"] = d["model"]
     if cfg.cluster.balance == "work":
         key["participation"] = d.get("participation", {})
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
