@@ -114,7 +114,9 @@ def describe_run(cfg: Config, resume: str | None = None) -> str:
     where = (f"{resume} (resumed from its newest checkpoint)" if resume else
              r.run_dir or f"{r.out_dir}/{r.name}-<timestamp>")
     source = (f"real data {d.dataset}" + (f" ({d.emnist_split})" if d.dataset == "emnist" else "")
-              if d.kind == "real" else f"synthetic, p = {d.p}")
+              if d.kind == "real" else f"custom data from {d.loader}" if d.kind == "custom" else f"synthetic, p = {d.p}")
+    if getattr(cfg, "model", None) is not None and cfg.model.module:
+        source += f", model {cfg.model.module}"
     ray_at = (c.address or f"RAY_ADDRESS={_env('RAY_ADDRESS')}") if (c.address or _env("RAY_ADDRESS")) \
         else "a new local Ray instance"
     backend = getattr(c, "backend", "ray")

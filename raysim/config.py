@@ -122,7 +122,7 @@ class DataSection(_Section):
                           "(that list) and optional 'test' and 'val' (x, y) pairs; it is called in every process of "
                           "a run (pass seed and n_clients by naming them as parameters) and must give the same "
                           "arrays each time. See docs/data.md section 5.")
-    loader_kwargs: dict[str, Any] = Field(default_factory=dict, description="kind = custom: keyword arguments "
+    loader_kwargs: dict[str, Any] = Field({}, description="kind = custom: keyword arguments "
                                                                             "passed to data.loader.")
     p: int = Field(1000, ge=1, description="Number of features.")
     rho_true: float = Field(0.05, gt=0, le=1, description="True density: |S*| = round(rho_true * p).")
@@ -176,7 +176,7 @@ class ModelSection(_Section):
                           "sample's shape) and n_outputs (classes / labels; 1 for lr and lg) when its signature "
                           "names them, plus model.kwargs. It must be importable in every Ray worker. The loss and "
                           "the metrics follow data.task; unset: the built-in model of data.task.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments passed to model.module.")
+    kwargs: dict[str, Any] = Field({}, description="Keyword arguments passed to model.module.")
     gate: Literal["weights", "all"] = Field(
         "weights", description="Which parameter tensors are gated (sparsified): weights (every tensor of 2 or more "
                                "dimensions: dense matrices, conv kernels, embeddings; biases and norm scales are "

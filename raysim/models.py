@@ -51,7 +51,7 @@ class Model:
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split ``[..., P]`` into named tensors ``[..., *shape]`` (views)."""
         lead = theta.shape[:-1]
-        return {s.name: theta[..., a:b].reshape(*lead, *s.shape)
+        return {s.name: theta[..., a:b].reshape(tuple(lead) + tuple(s.shape))   # () for a scalar
                 for s in self.specs for (a, b) in [self.offsets[s.name]]}
 
     def init_params(self, rng: np.random.Generator) -> torch.Tensor:
