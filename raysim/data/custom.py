@@ -102,23 +102,8 @@ class CustomFederation(Federation):
         if self.task not in TASKS:
             raise CustomDataError(f"data.task = {self.task!r} is not a task for custom data; use one of {TASKS}")
         self.n_outputs = {"mc": cfg.n_classes, "cnn": cfg.n_classes, "mlc": cfg.n_labels}.get(self.task, 1)
-        clients, test, val = normalise(self._load())
-        if len(clients) != cfg.n_clients:
-            raise CustomDataError(
-                f"data.loader returned {len(clients)} clients but data.n_clients = {cfg.n_clients}; set "
-                f"data.n_clients = {len(clients)} (or let the loader take an n_clients parameter and return that many)")
-        self._x: list[np.ndarray] = []
-        self._y: list[np.ndarray] = []
-        shape: tuple[int, ...] | None = None
-        for k, (x, y) in enumerate(clients):
-            x, y = self._check(x, y, f"client {k}", shape)
-            if x.shape[0] == 0:
-                raise CustomDataError(f"data.loader: client {k} has no samples; every client needs at least one "
-                                      "(leave empty clients out and lower data.n_clients)")
-            shape = tuple(x.shape[1:])
-            self._x.append(x)
-            self._y.append(y)
-        self.input_shape = shape  # type: ignore[assignment]
+        self._x, self._y, test, val = self._arrays()
+        self.input_shape = tuple(self._x[0].shape[1:])
         self._hold: list[np.ndarray] = []
         self._train: list[np.ndarray] = []
         for k, x in enumerate(self._x):
@@ -128,7 +113,7 @@ class CustomFederation(Federation):
             self._train.append(np.sort(idx[h:]))
         self._sizes = np.array([t.size for t in self._train], dtype=np.int64)
         if test is not None:
-            self._test = self._check(*_pair(test, "'test'"), "'test'", shape)
+            self._test = test
         elif sum(h.size for h in self._hold) > 0:
             self._test = (np.concatenate([x[h] for x, h in zip(self._x, self._hold)]),
                           np.concatenate([y[h] for y, h in zip(self._y, self._hold)]))
@@ -136,22 +121,46 @@ class CustomFederation(Federation):
             raise CustomDataError("data.loader returned no 'test' set and data.holdout_frac = 0 leaves no held-out "
                                   "samples to test on; return {'clients': [...], 'test': (x, y)} or set "
                                   "data.holdout_frac > 0 (e.g. 0.2)")
-        self._val = self._check(*_pair(val, "'val'"), "'val'", shape) if val is not None else None
+        self._val = val
 
     # -- loading and checks -------------------------------------------------------------------
-    def _load(self) -> Any:
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray], Any, Any]:
+        """The loader's arrays, checked and converted (x float32; y as the task wants it): the
+        clients' x and y lists, test and val pairs (or None). The last result is kept for this
+        process, so the driver's checks and an in-process run call the loader once."""
         from raysim.plugins import call_with, resolve_callable
 
         cfg = self.cfg
-        key = json.dumps([cfg.loader, cfg.loader_kwargs, self.seed, cfg.n_clients], sort_keys=True, default=str)
+        key = json.dumps([cfg.loader, cfg.loader_kwargs, self.seed, cfg.n_clients, cfg.task, cfg.n_classes,
+                          cfg.n_labels], sort_keys=True, default=str)
         if _CACHE.get("key") == key:
-            return _CACHE["out"]
+            return _CACHE["arrays"]
+        _CACHE.clear()
         fn = resolve_callable(cfg.loader, "data.loader")
         out = call_with(fn, {"seed": self.seed, "n_clients": int(cfg.n_clients)}, dict(cfg.loader_kwargs),
                         "data.loader")
-        _CACHE.clear()
-        _CACHE.update(key=key, out=out)
-        return out
+        clients, test, val = normalise(out)
+        del out
+        if len(clients) != cfg.n_clients:
+            raise CustomDataError(
+                f"data.loader returned {len(clients)} clients but data.n_clients = {cfg.n_clients}; set "
+                f"data.n_clients = {len(clients)} (or let the loader take an n_clients parameter and return that many)")
+        xs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        shape: tuple[int, ...] | None = None
+        for k, (x, y) in enumerate(clients):
+            x, y = self._check(x, y, f"client {k}", shape)
+            if x.shape[0] == 0:
+                raise CustomDataError(f"data.loader: client {k} has no samples; every client needs at least one "
+                                      "(leave empty clients out and lower data.n_clients)")
+            shape = tuple(x.shape[1:])
+            xs.append(x)
+            ys.append(y)
+        test = self._check(*_pair(test, "'test'"), "'test'", shape) if test is not None else None
+        val = self._check(*_pair(val, "'val'"), "'val'", shape) if val is not None else None
+        arrays = (xs, ys, test, val)
+        _CACHE.update(key=key, arrays=arrays)
+        return arrays
 
     def _check(self, x: Any, y: Any, what: str, shape: tuple[int, ...] | None) -> tuple[np.ndarray, np.ndarray]:
         x = _array(x, f"{what} x")
