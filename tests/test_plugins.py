@@ -423,3 +423,34 @@ def test_a_user_module_equal_to_the_built_in_model_gives_the_same_run(tmp_path):
     np.testing.assert_allclose(b[cols].to_numpy(float), a[cols].to_numpy(float), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.load(user.run_dir / "model.npz")["theta"],
                                np.load(built_in.run_dir / "model.npz")["theta"], rtol=1e-5, atol=1e-7)
+
+
+def test_plugins_on_a_warm_pool_match_solo_runs(ray_session, tmp_path):
+    """Two algorithms on one warm pool (their data and user model built once per actor, the
+    runs batched in the same actor calls) give the metrics of in-process solo runs."""
+    from raysim.cluster.parallel import run_many
+
+    cfg, keys = _small(tmp_path, **{"run.rounds": 3})
+    cfgs = [raysim.load_config(cfg, keys, algorithm__name=a, run__name=f"warm-{a}") for a in ("flops", "fed-ht")]
+    warm = run_many(cfgs, max_parallel=2, progress=False, warm=True)
+    for c, w in zip(cfgs, warm):
+        solo = raysim.run(c, cluster__backend="local", run__name="solo-" + c.algorithm.name)
+        a, b = solo.metrics.drop(columns=TIMING, errors="ignore"), w.metrics.drop(columns=TIMING, errors="ignore")
+        num = [col for col in a.columns if pd.api.types.is_numeric_dtype(a[col])]
+        np.testing.assert_allclose(b[num].to_numpy(float), a[num].to_numpy(float), rtol=1e-5, atol=1e-7)
+        assert w.summary["p"] == 12 * 8 + 8 * 3
+
+
+def test_warm_pools_key_on_the_user_model(tmp_path):
+    """A pool's runs share its model, so two user models never share a pool; configs without a
+    user model keep their fingerprint (no [model] key in it)."""
+    from raysim.cluster.warm import data_fingerprint
+
+    cfg, keys = _small(tmp_path)
+    a = raysim.load_config(cfg, keys)
+    b = raysim.load_config(cfg, {**keys, "model.kwargs": {"hidden": 4}})
+    c = raysim.load_config(cfg, keys, algorithm__name="fed-ht")
+    assert data_fingerprint(a) != data_fingerprint(b)
+    assert data_fingerprint(a) == data_fingerprint(c)
+    plain = raysim.load_config()
+    assert data_fingerprint(plain) == data_fingerprint(raysim.load_config(model__gate="all"))
