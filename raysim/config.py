@@ -357,9 +357,17 @@ class Config(_Section):
         if self.data.kind == "custom" and self.data.loader is None:
             raise ValueError('data.kind = "custom" needs data.loader = "package.module:function" (or '
                              '"path/to/file.py:function"), the function that returns the clients\' arrays')
-        if self.data.kind != "custom" and self.data.loader is not None:
-            raise ValueError(f'data.loader is set but data.kind = "{self.data.kind}"; set data.kind = "custom" to '
-                             "use it (or remove data.loader)")
+        m = self.model
+        if m.module is None:
+            stray = [k for k, on in (("model.kwargs", bool(m.kwargs)), ("model.gate", m.gate != "weights"),
+                                     ("model.gated", m.gated is not None)) if on]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} set without model.module: they configure your own nn.Module; "
+                                 'set model.module = "package.module:object" (or remove them)')
+        if self.data.kind != "custom" and (self.data.loader is not None or self.data.loader_kwargs):
+            key = "data.loader" if self.data.loader is not None else "data.loader_kwargs"
+            raise ValueError(f'{key} is set but data.kind = "{self.data.kind}"; set data.kind = "custom" to '
+                             f"use it (or remove {key})")
         p = self.participation
         if p.dropout_corr > 0 and p.speed_sigma == 0:
             raise ValueError("participation.dropout_corr > 0 makes slow clients drop more, but all speeds are equal "

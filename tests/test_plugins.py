@@ -452,5 +452,5 @@ def test_warm_pools_key_on_the_user_model(tmp_path):
     c = raysim.load_config(cfg, keys, algorithm__name="fed-ht")
     assert data_fingerprint(a) != data_fingerprint(b)
     assert data_fingerprint(a) == data_fingerprint(c)
-    plain = raysim.load_config()
-    assert data_fingerprint(plain) == data_fingerprint(raysim.load_config(model__gate="all"))
+    with pytest.raises(ConfigError, match=r"model.gate set without model.module"):
+        raysim.load_config(model__gate="all")
