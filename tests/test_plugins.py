@@ -454,3 +454,28 @@ def test_warm_pools_key_on_the_user_model(tmp_path):
     assert data_fingerprint(a) == data_fingerprint(c)
     with pytest.raises(ConfigError, match=r"model.gate set without model.module"):
         raysim.load_config(model__gate="all")
+
+
+def test_a_module_the_workers_cannot_import_is_reported_with_the_fix(ray_session, tmp_path, monkeypatch):
+    """The import string is resolved in every process: a module on the driver's path only (a
+    folder added to sys.path after Ray started) fails in the actors with the fix in the error."""
+    pkg = tmp_path / "driveronly"
+    pkg.mkdir()
+    (pkg / "driver_only_net.py").write_text(
+        "import torch\n\ndef net(input_shape, n_outputs):\n    return torch.nn.Linear(input_shape[0], n_outputs)\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    cfg, keys = _small(tmp_path, **{"run.rounds": 1, "model.module": "driver_only_net:net", "model.kwargs": {}})
+    with pytest.raises(Exception, match=r"(?s)model.module = 'driver_only_net:net': module driver_only_net not "
+                                        r"found.*importable in the driver and in every Ray worker"):
+        raysim.run(cfg, keys, cluster__backend="ray")
+    # the failed run's actors are gone: their CPUs are free again
+    import time
+
+    deadline = time.time() + 30
+    while ray_session.available_resources().get("CPU", 0) < ray_session.cluster_resources()["CPU"] \
+            and time.time() < deadline:
+        time.sleep(0.2)
+    assert ray_session.available_resources().get("CPU", 0) == ray_session.cluster_resources()["CPU"]
+    # in process it runs
+    res = raysim.run(cfg, keys, cluster__backend="local")
+    assert res.summary["p"] == 12 * 3
