@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,7 +64,16 @@ def pin(spec: str, field: str) -> str:
     return spec
 
 
+#: one file plug-in is executed once per process, even when runs on several threads load it
+_FILE_LOCK = threading.Lock()
+
+
 def _load_file(path: Path, spec: str, field: str) -> Any:
+    with _FILE_LOCK:
+        return _load_file_locked(path, spec, field)
+
+
+def _load_file_locked(path: Path, spec: str, field: str) -> Any:
     if not path.is_file():
         raise PluginError(field, spec, f"file {path} not found (a relative path is taken from the current "
                           f"directory {Path.cwd()}); give the path of a Python file")
