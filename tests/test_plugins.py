@@ -426,15 +426,18 @@ def test_a_user_module_equal_to_the_built_in_model_gives_the_same_run(tmp_path):
 
 
 def test_plugins_on_a_warm_pool_match_solo_runs(ray_session, tmp_path):
-    """Two algorithms on one warm pool (their data and user model built once per actor, the
-    runs batched in the same actor calls) give the metrics of in-process solo runs."""
+    """Runs on one warm pool (their data and user model built once per actor, the runs batched
+    in the same actor calls; the two FLoPS runs fused into one vectorised pass) give the
+    metrics of in-process solo runs."""
     from raysim.cluster.parallel import run_many
 
     cfg, keys = _small(tmp_path, **{"run.rounds": 3})
-    cfgs = [raysim.load_config(cfg, keys, algorithm__name=a, run__name=f"warm-{a}") for a in ("flops", "fed-ht")]
-    warm = run_many(cfgs, max_parallel=2, progress=False, warm=True)
-    for c, w in zip(cfgs, warm):
-        solo = raysim.run(c, cluster__backend="local", run__name="solo-" + c.algorithm.name)
+    variants = [("flops", 1.0), ("flops", 0.5), ("fed-ht", None)]
+    cfgs = [raysim.load_config(cfg, keys, algorithm__name=a, algorithm__eta_theta=eta, run__name=f"warm-{i}")
+            for i, (a, eta) in enumerate(variants)]
+    warm = run_many(cfgs, max_parallel=3, progress=False, warm=True)
+    for i, (c, w) in enumerate(zip(cfgs, warm)):
+        solo = raysim.run(c, cluster__backend="local", run__name=f"solo-{i}")
         a, b = solo.metrics.drop(columns=TIMING, errors="ignore"), w.metrics.drop(columns=TIMING, errors="ignore")
         num = [col for col in a.columns if pd.api.types.is_numeric_dtype(a[col])]
         np.testing.assert_allclose(b[num].to_numpy(float), a[num].to_numpy(float), rtol=1e-5, atol=1e-7)
