@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from raysim.commands import command
+
 DEFAULT_CLIENTS = (100, 1000, 10000)
 DEFAULT_RATES = (0.01, 0.1, 1.0)
 DEFAULT_ALGORITHMS = ("flops", "flops-pa", "fedavg")
@@ -298,15 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_from_args(p.parse_args(argv))
 
 
-# `raysim bench` (registered when raysim.cli imports this module as a plugin)
-try:
-    from raysim.cli import command as _command
-
-    @_command("bench", "time the engine's steps against the single-process reference (rounds/s, memory)")(add_arguments)
-    def _cmd_bench(args: argparse.Namespace) -> int:
-        return run_from_args(args)
-except ImportError:  # pragma: no cover
-    pass
+# `raysim bench` (registered in raysim.commands; raysim.cli imports this module as a plugin)
+@command("bench", "time the engine's steps against the single-process reference (rounds/s, memory)")(add_arguments)
+def _cmd_bench(args: argparse.Namespace) -> int:
+    return run_from_args(args)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raysim.cli import command
+from raysim.commands import command
 from raysim.config import Config, ConfigError, _deep_merge, apply_overrides, read_toml, validate
 
 #: final metrics of the table (those a run does not have are left out)

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raysim.cli import command
+from raysim.commands import command
 from raysim.config import Config, ConfigError, _deep_merge, read_toml, set_dotted, validate
 
 #: settings of a cell that do not change its results (ignored when deciding to resume)
