@@ -144,12 +144,9 @@ def measure(mode: str, cfg, min_time: float = 5.0, min_rounds: int = 2, max_roun
             setup_s = time.perf_counter() - t0
             res = _timed_rounds(run_round, spr, min_time, min_rounds, max_rounds)
         else:
-            import ray
+            from raysim.cluster.driver import open_ray_simulation
 
-            from raysim.cluster.driver import RaySimulation, init_ray
-
-            started = init_ray(cfg)
-            sim = RaySimulation(cfg)
+            sim = open_ray_simulation(cfg)   # starts a local Ray instance; sim.close() ends it
             spr = sim.steps_per_round
             setup_s = time.perf_counter() - t0
 
@@ -159,11 +156,9 @@ def measure(mode: str, cfg, min_time: float = 5.0, min_rounds: int = 2, max_roun
             try:
                 res = _timed_rounds(run_round, spr, min_time, min_rounds, max_rounds)
                 extra = {"n_actors": len(sim.actors), "imbalance": sim.imbalance}
+                mem.sample()   # with the actors still alive
             finally:
                 sim.close()
-            mem.sample()
-            if started:
-                ray.shutdown()
     return {"mode": mode, "setup_s": setup_s, **res, **extra, "steps_per_round": spr,
             "peak_mem_gb": mem.peak / 1e9}
 
