@@ -345,7 +345,6 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
                 placement_group: Any, simulation: Callable[[Config], Any] | None = None) -> RunResult:
     from raysim import checkpoint as ckpt
     from raysim import outcome
-
     from raysim.simulation import open_simulation
 
     t_start = time.perf_counter()
