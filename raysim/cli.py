@@ -13,24 +13,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
 
+from raysim.commands import COMMANDS, PLUGINS, Command, command  # noqa: F401 - the registry, re-exported
 from raysim.config import Config, ConfigError, load_config
-
-Command = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
-#: modules that register more sub-commands with :func:`command` (imported by build_parser)
-PLUGINS: list[str] = ["raysim.stress", "raysim.compare", "raysim.tuning.cli", "raysim.bench"]
-
-
-def command(name: str, help_text: str):
-    """Register a sub-command: the decorated function adds arguments; returns the runner."""
-    def deco(add_args):
-        def wrap(run_fn: Command):
-            COMMANDS[name] = (add_args, run_fn, help_text)
-            return run_fn
-        return wrap
-    return deco
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

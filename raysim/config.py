@@ -21,15 +21,13 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raysim import defaults as _defaults
+from raysim.catalog import check_task
+from raysim.errors import ConfigError  # noqa: F401 - re-exported: raysim.config.ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message meant for the user (field, value, fix)."""
 
 
 class _Section(BaseModel):
@@ -352,8 +350,6 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_real_data(self) -> "Config":
         if self.data.kind == "real":
-            from raysim.data.real import check_task
-
             check_task(self.data.dataset, self.data.task)
         if self.data.kind == "custom" and self.data.loader is None:
             raise ValueError('data.kind = "custom" needs data.loader = "package.module:function" (or '

@@ -1,4 +1,4 @@
-"""A whole run: run directory, the Ray simulation, live progress, metrics, summary and plots.
+"""A whole run: run directory, the simulation, live progress, metrics, summary and plots.
 
 Run directory layout::
 
@@ -277,11 +277,14 @@ class _Progress:
 def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = None,
         console_output: bool | None = None, placement_group: Any = None, resume: bool = False,
         simulation: Callable[[Config], Any] | None = None, force: bool = False) -> RunResult:
-    """Run one experiment on Ray and write its run directory.
+    """Run one experiment and write its run directory.
+
+    The run drives a :class:`raysim.simulation.Simulation` (``cluster.backend``: Ray actors, or
+    in this process) and imports no Ray itself (docs/architecture.md, "Layers").
 
     ``on_eval(round, row)`` is called after every evaluation (the tuning layer reports
     intermediate values through it and may raise to stop the run). ``placement_group``
-    places the run's actors in resources reserved beforehand (see raysim.cluster.parallel).
+    places the run's actors in resources reserved beforehand (``raysim.cluster.parallel.reserve``).
 
     With ``run.checkpoint_every = k > 0`` a checkpoint is written every k rounds
     (``raysim.checkpoint``). With ``resume=True`` (``cfg.run.run_dir`` naming an existing run
@@ -342,13 +345,9 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
                 placement_group: Any, simulation: Callable[[Config], Any] | None = None) -> RunResult:
     from raysim import checkpoint as ckpt
     from raysim import outcome
+    from raysim.simulation import open_simulation
 
     t_start = time.perf_counter()
-    started = False
-    if not local and simulation is None:
-        from raysim.cluster.driver import init_ray
-
-        started = init_ray(cfg)
     sim = None
     rows: list[dict[str, Any]] = []
     try:
@@ -356,16 +355,8 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
             where = "in this process (cluster.backend = local)" if local else f"in {cfg.n_actors()} client actors"
             print(f"raysim: {cfg.algorithm.name} on {cfg.data.task}, {cfg.data.n_clients} clients {where}; "
                   f"run directory {run_dir}", file=sys.stderr, flush=True)
-        if local:
-            from raysim.local import LocalSimulation
-
-            sim = LocalSimulation(cfg)
-        elif simulation is not None:
-            sim = simulation(cfg)
-        else:
-            from raysim.cluster.driver import RaySimulation
-
-            sim = RaySimulation(cfg, placement_group=placement_group)
+        # run() has run the data preflight (check_run): the Ray backend does not read the data again
+        sim = open_simulation(cfg, placement_group=placement_group, simulation=simulation, data_checked=True)
         info = sim.info
         _atomic_write(run_dir / "federation.json", json.dumps(
             {**info["federation"], "n_actors": len(sim.actors),
@@ -447,11 +438,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
         _write_clients(sim, run_dir)
     finally:
         if sim is not None:
-            sim.close()
-        if started:
-            import ray
-
-            ray.shutdown()
+            sim.close()   # a Ray instance started for this run ends here
     if cfg.run.plots:
         from raysim.report import plot_run
 

@@ -24,7 +24,7 @@ scenario file) plus a ``[stress]`` table::
 
 Every cell (axis values x algorithm x seed) is one whole raysim run in its own run
 directory ``<out>/runs/<algorithm>/<axis=value,...>/seed=<s>``; the cells run side by side
-on Ray (:func:`raysim.cluster.parallel.run_many`). A cell whose ``summary.json`` exists and
+on Ray (:func:`raysim.many.run_many`). A cell whose ``summary.json`` exists and
 whose ``config.toml`` matches the cell's resolved configuration (the Ray layout and output
 settings aside) is not run again, so an interrupted grid resumes where it stopped.
 
@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raysim.cli import command
+from raysim.commands import command
 from raysim.config import Config, ConfigError, _deep_merge, read_toml, set_dotted, validate
 
 #: settings of a cell that do not change its results (ignored when deciding to resume)
@@ -443,7 +443,7 @@ def run_grid(grid: Grid, max_parallel: int | None = None, progress: bool = True,
 
     ``warm``: cells that share their data run batched on one warm pool of actors
     (``raysim.cluster.warm``); ``False``: every cell with fresh actors (the cold path)."""
-    from raysim.cluster.parallel import run_many
+    from raysim.many import run_many
 
     t0 = time.perf_counter()
     todo = []
