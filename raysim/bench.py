@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from raysim.commands import command
+
 DEFAULT_CLIENTS = (100, 1000, 10000)
 DEFAULT_RATES = (0.01, 0.1, 1.0)
 DEFAULT_ALGORITHMS = ("flops", "flops-pa", "fedavg")
@@ -142,12 +144,9 @@ def measure(mode: str, cfg, min_time: float = 5.0, min_rounds: int = 2, max_roun
             setup_s = time.perf_counter() - t0
             res = _timed_rounds(run_round, spr, min_time, min_rounds, max_rounds)
         else:
-            import ray
+            from raysim.cluster.driver import open_ray_simulation
 
-            from raysim.cluster.driver import RaySimulation, init_ray
-
-            started = init_ray(cfg)
-            sim = RaySimulation(cfg)
+            sim = open_ray_simulation(cfg)   # starts a local Ray instance; sim.close() ends it
             spr = sim.steps_per_round
             setup_s = time.perf_counter() - t0
 
@@ -157,11 +156,9 @@ def measure(mode: str, cfg, min_time: float = 5.0, min_rounds: int = 2, max_roun
             try:
                 res = _timed_rounds(run_round, spr, min_time, min_rounds, max_rounds)
                 extra = {"n_actors": len(sim.actors), "imbalance": sim.imbalance}
+                mem.sample()   # with the actors still alive
             finally:
                 sim.close()
-            mem.sample()
-            if started:
-                ray.shutdown()
     return {"mode": mode, "setup_s": setup_s, **res, **extra, "steps_per_round": spr,
             "peak_mem_gb": mem.peak / 1e9}
 
@@ -298,15 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_from_args(p.parse_args(argv))
 
 
-# `raysim bench` (registered when raysim.cli imports this module as a plugin)
-try:
-    from raysim.cli import command as _command
-
-    @_command("bench", "time the engine's steps against the single-process reference (rounds/s, memory)")(add_arguments)
-    def _cmd_bench(args: argparse.Namespace) -> int:
-        return run_from_args(args)
-except ImportError:  # pragma: no cover
-    pass
+# `raysim bench` (registered in raysim.commands; raysim.cli imports this module as a plugin)
+@command("bench", "time the engine's steps against the single-process reference (rounds/s, memory)")(add_arguments)
+def _cmd_bench(args: argparse.Namespace) -> int:
+    return run_from_args(args)
 
 
 if __name__ == "__main__":

@@ -13,24 +13,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from raysim.commands import COMMANDS, PLUGINS, Command, command  # noqa: F401 - the registry, re-exported
 from raysim.config import Config, ConfigError, load_config
-
-Command = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command, str]] = {}
-#: modules that register more sub-commands with :func:`command` (imported by build_parser)
-PLUGINS: list[str] = ["raysim.stress", "raysim.compare", "raysim.tuning.cli", "raysim.bench"]
-
-
-def command(name: str, help_text: str):
-    """Register a sub-command: the decorated function adds arguments; returns the runner."""
-    def deco(add_args):
-        def wrap(run_fn: Command):
-            COMMANDS[name] = (add_args, run_fn, help_text)
-            return run_fn
-        return wrap
-    return deco
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -114,7 +100,9 @@ def describe_run(cfg: Config, resume: str | None = None) -> str:
     where = (f"{resume} (resumed from its newest checkpoint)" if resume else
              r.run_dir or f"{r.out_dir}/{r.name}-<timestamp>")
     source = (f"real data {d.dataset}" + (f" ({d.emnist_split})" if d.dataset == "emnist" else "")
-              if d.kind == "real" else f"synthetic, p = {d.p}")
+              if d.kind == "real" else f"custom data from {d.loader}" if d.kind == "custom" else f"synthetic, p = {d.p}")
+    if getattr(cfg, "model", None) is not None and cfg.model.module:
+        source += f", model {cfg.model.module}"
     ray_at = (c.address or f"RAY_ADDRESS={_env('RAY_ADDRESS')}") if (c.address or _env("RAY_ADDRESS")) \
         else "a new local Ray instance"
     backend = getattr(c, "backend", "ray")
@@ -199,7 +187,7 @@ def _key_lines(fields: dict[str, Any]) -> list[str]:
 def algorithm_doc() -> list[str]:
     """The ``[algorithm]`` part of ``raysim config --doc``: the common knobs, then every
     registered algorithm with the knobs of its own (docs/algorithms.md section 10)."""
-    from raysim.algorithms import registry
+    from raysim import registry
     from raysim.config import AlgorithmSection
 
     common = AlgorithmSection.model_fields

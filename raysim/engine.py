@@ -24,7 +24,7 @@ from raysim.algorithms import Algorithm, Partial, Schedule, StepContext, aggrega
 from raysim.config import Config
 from raysim.data import Federation, build_federation, stack_clients
 from raysim.metrics import fairness, soft_iou, support_metrics
-from raysim.models import Model, build_model
+from raysim.models import Model, model_for
 
 
 def make_schedule(cfg: Config, fed: Federation) -> Schedule:
@@ -60,7 +60,7 @@ class Components:
 
 def build_components(cfg: Config) -> Components:
     fed = build_federation(cfg.data, cfg.run.seed, cfg.partition)
-    model = build_model(fed.task, fed.input_shape, fed.n_outputs)
+    model = model_for(cfg, fed)   # the user's nn.Module ([model] module) or the task's built-in model
     return components_on(cfg, fed, model)
 
 
@@ -130,6 +130,11 @@ class ClientCohort:
             p.compute_s = total        # the actor's compute time (aggregate() takes the max)
         return parts
 
+    def job(self, step: int, payload: dict[str, Any], client_ids: np.ndarray, work: np.ndarray | None) -> tuple:
+        """The arguments of this cohort's ``client_update`` for one step (for ``train_many``)."""
+        ctx = StepContext(self.cfg.run.seed, step, self.comp.schedule)
+        return (self.comp.algo, payload, self.data, self.local_index(np.asarray(client_ids)), ctx, work)
+
     def evaluate(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-client fairness scores of a deployed model on the clients' held-out data."""
         th = torch.as_tensor(theta, device=self.device)
@@ -139,8 +144,83 @@ class ClientCohort:
             s = self.comp.model.client_scores(th, d.x_hold, d.y_hold, mask)
         return self.ids, s.cpu().numpy()
 
+    def evaluate_many(self, thetas: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`evaluate` of several deployed models in one vectorised pass."""
+        if len(thetas) == 1:
+            return [self.evaluate(thetas[0])]
+        th = torch.as_tensor(np.stack(thetas), device=self.device)
+        d = self.data
+        mask = torch.arange(d.x_hold.shape[1], device=self.device)[None, :] < d.n_hold[:, None]
+        with torch.no_grad():
+            s = self.comp.model.client_scores_many(th, d.x_hold, d.y_hold, mask).cpu().numpy()
+        return [(self.ids, row) for row in s]
+
     def info(self) -> dict[str, Any]:
         return {"n_clients": int(self.ids.size), "data_bytes": self.data.nbytes(), "build_s": self.build_s}
+
+
+def train_many(steps: list[tuple[ClientCohort, int, dict[str, Any], np.ndarray, np.ndarray | None]]) -> list[Any]:
+    """One step of several runs on cohorts that share their data (a warm pool's views):
+    ``steps[i] = (cohort, step, payload, client ids, work)``. Runs whose algorithms share a
+    ``fuse_key`` are trained together in one vectorised pass (``client_update_many``), up to
+    ``cluster.max_batch_clients`` rows per pass; the others one by one (``ClientCohort.train``).
+    Returns, per run, what ``ClientCohort.train`` returns, or the exception it raised (one
+    failing run does not fail the others)."""
+    out: list[Any] = [None] * len(steps)
+    groups: dict[tuple, list[int]] = {}
+    for i, (cohort, step, payload, ids, work) in enumerate(steps):
+        key = cohort.comp.algo.fuse_key()
+        size = getattr(cohort.cfg.cluster, "max_batch_clients", None) or len(ids)
+        if key is None or len(ids) > size:
+            groups.setdefault(("solo", i), []).append(i)
+        else:
+            groups.setdefault((key, id(cohort.data), size), []).append(i)
+    for key, members in groups.items():
+        if key[0] == "solo":
+            i = members[0]
+            cohort, step, payload, ids, work = steps[i]
+            try:
+                out[i] = cohort.train(step, payload, ids, work)
+            except Exception as exc:  # noqa: BLE001 - reported for this run only
+                out[i] = exc
+            continue
+        size = key[2]
+        chunk: list[int] = []
+        rows = 0
+        for i in members + [None]:
+            k = None if i is None else len(steps[i][3])
+            if chunk and (i is None or rows + k > size):
+                _train_fused(steps, chunk, out)
+                chunk, rows = [], 0
+            if i is not None:
+                chunk.append(i)
+                rows += k
+    return out
+
+
+def _train_fused(steps: list[tuple], chunk: list[int], out: list[Any]) -> None:
+    jobs = []
+    for i in chunk:
+        cohort, step, payload, ids, work = steps[i]
+        try:
+            jobs.append(cohort.job(step, payload, ids, work))
+        except Exception as exc:  # noqa: BLE001
+            out[i] = exc
+    live = [i for i in chunk if out[i] is None]
+    if not live:
+        return
+    try:
+        parts = type(jobs[0][0]).client_update_many(jobs)
+    except Exception:  # noqa: BLE001 - find the run at fault: each alone
+        for i in live:
+            cohort, step, payload, ids, work = steps[i]
+            try:
+                out[i] = cohort.train(step, payload, ids, work)
+            except Exception as exc:  # noqa: BLE001
+                out[i] = exc
+        return
+    for i, part in zip(live, parts):
+        out[i] = _to_host(part)
 
 
 def _host(v: Any) -> Any:

@@ -56,3 +56,7 @@ def fairness(scores: np.ndarray) -> dict[str, float]:
     k = max(1, int(math.ceil(0.05 * s.size)))
     return {"fair_mean": float(s.mean()), "fair_std": float(s.std()),
             "fair_worst5": float(srt[:k].mean()), "fair_best5": float(srt[-k:].mean())}
+
+
+#: the headline test metric of each task (higher is better)
+TEST_METRIC = {"lr": "r2", "lg": "accuracy", "mc": "accuracy", "cnn": "accuracy", "mlc": "micro_f1"}

@@ -81,6 +81,11 @@ class Busy(RuntimeError):
     """A run directory or study storage locked by another live process."""
 
 
+class StopRun(Exception):
+    """Raised by a run's ``on_eval`` hook to stop the run early (e.g. a trial the Optuna pruner
+    stops); the cold tuning path raises it from ``raysim.cluster.parallel.ReporterHook``."""
+
+
 def divergence(row: dict[str, Any], limit: float | None) -> str | None:
     """Why a round's statistics show a diverged run (None when they do not).
 

@@ -45,12 +45,12 @@ def dims(cfg: Config) -> Dims:
 
     from raysim.data.federation import build_federation
     from raysim.data.real import preflight as data_preflight
-    from raysim.models import build_model
+    from raysim.models import model_for
 
     fed = data_preflight(cfg)
     if fed is None:
         fed = build_federation(cfg.data, cfg.run.seed, cfg.partition)
-    model = build_model(fed.task, fed.input_shape, fed.n_outputs)
+    model = model_for(cfg, fed)
     sizes = np.asarray(fed.client_sizes())
     m = int(math.floor(cfg.algorithm.rho * model.p + 1e-9))
     holdout = fed.holdout_size(int(sizes.max())) if hasattr(fed, "holdout_size") else 0

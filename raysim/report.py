@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from raysim.plotstyle import COLORS, LINESTYLES, MARKERS, check_format, markevery, save, styled  # noqa: E402
 
 #: headline test metric per task (higher is better unless listed in LOWER_IS_BETTER)
-TEST_METRIC = {"lr": "r2", "lg": "accuracy", "mc": "accuracy", "cnn": "accuracy", "mlc": "micro_f1"}
+from raysim.metrics import TEST_METRIC  # noqa: E402,F401 - re-exported
 LOWER_IS_BETTER = {"mse", "log_loss", "hamming_loss"}
 
 

@@ -1,10 +1,10 @@
-"""A whole run: run directory, the Ray simulation, live progress, metrics, summary and plots.
+"""A whole run: run directory, the simulation, live progress, metrics, summary and plots.
 
 Run directory layout::
 
     config.toml       the resolved configuration (``raysim run config.toml`` repeats the run)
     federation.json   the federation's heterogeneity statistics and the actor layout
-    metrics.csv       one row per evaluation round (rewritten after every evaluation)
+    metrics.csv       one row per evaluation round (a line appended after every evaluation)
     clients.csv       per-client final fairness scores
     summary.json      final metrics and run facts
     model.npz         the deployed model (at most m non-zeros)
@@ -149,6 +149,50 @@ def _tidy(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return df[cols]
 
 
+class _MetricsCSV:
+    """metrics.csv as the run goes: one line appended (and flushed) per evaluation, the whole
+    file rewritten (atomically, by pandas) only when a row brings a new column and at the end
+    of the run. Rewriting it with pandas after every evaluation cost a tuning study's driver
+    more than its Optuna bookkeeping."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.cols: list[str] | None = None
+        self.n = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        row = rows[-1] if rows else {}
+        if self.cols is None or self.n != len(rows) - 1 or any(k not in self.cols for k in row):
+            self.rewrite(rows)
+            return
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([_csv_cell(row.get(c)) for c in self.cols])
+        with open(self.path, "a") as f:
+            f.write(buf.getvalue())
+        self.n = len(rows)
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        df = _tidy(rows)
+        _atomic_write(self.path, df.to_csv(index=False))
+        self.cols = list(df.columns)
+        self.n = len(rows)
+        return df
+
+
+def _csv_cell(v: Any) -> Any:
+    """A value as pandas' to_csv writes it (None and NaN empty, floats by repr)."""
+    if v is None:
+        return ""
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        v = v.item()
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return v
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -172,7 +216,7 @@ class _Progress:
     def __init__(self, total: int, enabled: bool, task: str):
         self.enabled = enabled
         self.total = total
-        from raysim.report import TEST_METRIC
+        from raysim.metrics import TEST_METRIC
 
         self.metric = TEST_METRIC.get(task, "accuracy")
         self._bar = None
@@ -233,11 +277,14 @@ class _Progress:
 def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = None,
         console_output: bool | None = None, placement_group: Any = None, resume: bool = False,
         simulation: Callable[[Config], Any] | None = None, force: bool = False) -> RunResult:
-    """Run one experiment on Ray and write its run directory.
+    """Run one experiment and write its run directory.
+
+    The run drives a :class:`raysim.simulation.Simulation` (``cluster.backend``: Ray actors, or
+    in this process) and imports no Ray itself (docs/architecture.md, "Layers").
 
     ``on_eval(round, row)`` is called after every evaluation (the tuning layer reports
     intermediate values through it and may raise to stop the run). ``placement_group``
-    places the run's actors in resources reserved beforehand (see raysim.cluster.parallel).
+    places the run's actors in resources reserved beforehand (``raysim.cluster.parallel.reserve``).
 
     With ``run.checkpoint_every = k > 0`` a checkpoint is written every k rounds
     (``raysim.checkpoint``). With ``resume=True`` (``cfg.run.run_dir`` naming an existing run
@@ -298,13 +345,9 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
                 placement_group: Any, simulation: Callable[[Config], Any] | None = None) -> RunResult:
     from raysim import checkpoint as ckpt
     from raysim import outcome
+    from raysim.simulation import open_simulation
 
     t_start = time.perf_counter()
-    started = False
-    if not local and simulation is None:
-        from raysim.cluster.driver import init_ray
-
-        started = init_ray(cfg)
     sim = None
     rows: list[dict[str, Any]] = []
     try:
@@ -312,16 +355,8 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
             where = "in this process (cluster.backend = local)" if local else f"in {cfg.n_actors()} client actors"
             print(f"raysim: {cfg.algorithm.name} on {cfg.data.task}, {cfg.data.n_clients} clients {where}; "
                   f"run directory {run_dir}", file=sys.stderr, flush=True)
-        if local:
-            from raysim.local import LocalSimulation
-
-            sim = LocalSimulation(cfg)
-        elif simulation is not None:
-            sim = simulation(cfg)
-        else:
-            from raysim.cluster.driver import RaySimulation
-
-            sim = RaySimulation(cfg, placement_group=placement_group)
+        # run() has run the data preflight (check_run): the Ray backend does not read the data again
+        sim = open_simulation(cfg, placement_group=placement_group, simulation=simulation, data_checked=True)
         info = sim.info
         _atomic_write(run_dir / "federation.json", json.dumps(
             {**info["federation"], "n_actors": len(sim.actors),
@@ -330,6 +365,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
              "server": {"pid": info.get("pid"), "node": info.get("node")},
              "actors": sim.actor_info}, indent=2, default=str))
         total_rounds = sim.total_rounds
+        metrics_csv = _MetricsCSV(run_dir / "metrics.csv")
         acc: dict[str, float] = {}
         first = 1
         if resumed is not None:
@@ -338,7 +374,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
             rows, acc, first = list(ck["rows"]), dict(ck["acc"]), int(ck["round"]) + 1
             t_start -= float(ck.get("wall_s", 0.0))
             if rows:
-                _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
+                metrics_csv.rewrite(rows)
             if show:
                 print(f"raysim: resuming {run_dir} from {resumed[1].name} (round {first - 1})", file=sys.stderr)
         bar = _Progress(total_rounds, show, cfg.data.task)
@@ -361,7 +397,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
                     if bad is not None:
                         status, reason = outcome.DIVERGED, f"round {rnd}: {bad}"
                         row["status"] = status
-                    _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
+                    metrics_csv.write(rows)
                 if bad is not None:
                     bar.update(rnd, row)
                     break
@@ -386,7 +422,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
             status, reason = outcome.EMPTY_MODEL, f"the deployed model has no non-zero weight (m = {info['m']})"
         if status != outcome.OK:
             rows[-1]["status"] = final["status"] = status
-            _atomic_write(run_dir / "metrics.csv", _tidy(rows).to_csv(index=False))
+        table = metrics_csv.rewrite(rows)   # the final file, written whole
         has_prune = "prune_start" in type(cfg.algorithm).model_fields
         summary = {
             "name": cfg.run.name, "algorithm": cfg.algorithm.name, "task": cfg.data.task,
@@ -404,11 +440,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
         _write_clients(sim, run_dir)
     finally:
         if sim is not None:
-            sim.close()
-        if started:
-            import ray
-
-            ray.shutdown()
+            sim.close()   # a Ray instance started for this run ends here
     if cfg.run.plots:
         from raysim.report import plot_run
 
@@ -423,7 +455,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
         print_summary(summary, run_dir)
     if status != outcome.OK and show:
         print(f"raysim: status {status}: {reason}; {outcome.EXPLAIN[status]}", file=sys.stderr)
-    return RunResult(run_dir, summary, _tidy(rows))
+    return RunResult(run_dir, summary, table)
 
 
 def _fingerprint(cfg: Config) -> dict[str, Any]:

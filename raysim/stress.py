@@ -30,7 +30,7 @@ family go in ``[algorithm.flops]`` / ``[algorithm.fedavg]`` sub-tables, also as 
 
 Every cell (axis values x algorithm x seed) is one whole raysim run in its own run
 directory ``<out>/runs/<algorithm>/<axis=value,...>/seed=<s>``; the cells run side by side
-on Ray (:func:`raysim.cluster.parallel.run_many`). A cell whose ``summary.json`` exists and
+on Ray (:func:`raysim.many.run_many`). A cell whose ``summary.json`` exists and
 whose ``config.toml`` matches the cell's resolved configuration (the Ray layout and output
 settings aside) is not run again, so an interrupted grid resumes where it stopped.
 
@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raysim.cli import command
+from raysim.commands import command
 from raysim.config import Config, ConfigError, _deep_merge, read_toml, set_dotted, validate
 
 #: settings of a cell that do not change its results (ignored when deciding to resume)
@@ -94,7 +94,7 @@ class Grid:
 
 
 def _algorithm_names() -> tuple[str, ...]:
-    from raysim.algorithms.registry import names
+    from raysim.registry import names
 
     return tuple(names())
 
@@ -277,7 +277,7 @@ def results_table(grid: Grid) -> pd.DataFrame:
 
 
 def default_metric(grid: Grid, df: pd.DataFrame) -> str:
-    from raysim.report import TEST_METRIC
+    from raysim.metrics import TEST_METRIC
 
     task = grid.cells[0].cfg.data.task if grid.cells else "lr"
     m = grid.metric or TEST_METRIC.get(task, "accuracy")
@@ -449,7 +449,7 @@ def run_grid(grid: Grid, max_parallel: int | None = None, progress: bool = True,
 
     ``warm``: cells that share their data run batched on one warm pool of actors
     (``raysim.cluster.warm``); ``False``: every cell with fresh actors (the cold path)."""
-    from raysim.cluster.parallel import run_many
+    from raysim.many import run_many
 
     t0 = time.perf_counter()
     todo = []

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydantic import Field, ValidationError
 
-from raysim.algorithms import registry
+from raysim import registry
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.local import LocalSGDParams
 from raysim.config import AlgorithmSection, ConfigError, load_config
@@ -111,8 +111,28 @@ def test_user_algorithm_by_import_string_runs_and_round_trips(tmp_path):
     assert load_config(tmp_path / "config.toml") == cfg
 
 
+def test_user_algorithm_from_a_file_or_a_class_object(tmp_path, monkeypatch):
+    """The other plug-in forms (raysim.plugins): "path/to/file.py:Class", relative paths pinned to
+    absolute ones, and from Python the class itself, turned into its import string."""
+    import raysim
+
+    (tmp_path / "my_algo.py").write_text(
+        "from raysim.algorithms.fedavg import FedAvg\n"
+        "from raysim.algorithms.local import LocalSGDParams\n"
+        "class Halved(FedAvg):\n"
+        "    Params = LocalSGDParams\n"
+        "    def combine(self, agg, state):\n"
+        "        return 0.5 * agg.mean['delta']\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["algorithm.name='my_algo.py:Halved'", "data.p=20"])
+    assert cfg.algorithm.name == f"{tmp_path.resolve() / 'my_algo.py'}:Halved"
+    assert registry.algorithm_class(cfg.algorithm.name).__name__ == "Halved"
+    from_object = raysim.load_config(None, algorithm__name=Damped, algorithm__damping=0.25)
+    assert from_object.algorithm.name == f"{__name__}:Damped" and from_object.algorithm.damping == 0.25
+
+
 @pytest.mark.parametrize("name,why", [
-    ("no_such_module_xyz:Algo", "cannot import module 'no_such_module_xyz'"),
+    ("no_such_module_xyz:Algo", "module no_such_module_xyz not found"),
     (f"{__name__}:Missing", "has no attribute 'Missing'"),
     (f"{__name__}:DampedParams", "is not a subclass of raysim.algorithms.Algorithm"),
     ("fedfoo", "unknown algorithm 'fedfoo'"),

@@ -76,7 +76,7 @@ def test_too_many_cpus_requested_fails_with_the_fix(ray_session, small_overrides
 
 
 def test_run_many_runs_side_by_side_in_placement_groups(ray_session, small_overrides, tmp_path):
-    from raysim.cluster.parallel import run_many
+    from raysim.many import run_many
 
     cfgs = [load_config(None, small_overrides + [f"run.seed={s}", f"run.run_dir='{tmp_path / str(s)}'",
                                                   "cluster.num_cpus=0.25", "cluster.server_num_cpus=0.25"])

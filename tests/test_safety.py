@@ -189,7 +189,8 @@ def test_two_runs_on_one_directory_never_mix(tmp_path):
     """A long run holds the directory's lock; a second `raysim run` on it is refused at once
     (exit 7) and the first one finishes normally."""
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "raysim", "run", *_args("run.rounds=300"), "--no-progress",
+    # long enough (seconds) that the second command meets it running, whatever the machine
+    first = subprocess.Popen([sys.executable, "-m", "raysim", "run", *_args("run.rounds=3000"), "--no-progress",
                               "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = out / ".raysim.lock"
     deadline = time.time() + 120
@@ -203,7 +204,7 @@ def test_two_runs_on_one_directory_never_mix(tmp_path):
         _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rounds"] == 300 and summary["status"] == "ok"
+    assert summary["rounds"] == 3000 and summary["status"] == "ok"
 
 
 # -- run outcomes and exit codes -------------------------------------------------------------------

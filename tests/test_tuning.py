@@ -122,7 +122,10 @@ def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path, path_k
     assert again.n_new == 0 and len(again.study.get_trials()) == len(trials)
 
 
-def test_pruned_and_failed_trials_are_recorded(ray_session, tmp_path):
+@pytest.mark.parametrize("cold", [False, True], ids=["warm", "cold"])
+def test_pruned_and_failed_trials_are_recorded(ray_session, tmp_path, cold):
+    """Warm: the pruner is asked in the driver. Cold: each trial is a Ray task that reports to a
+    reporter actor (raysim.cluster.parallel.ReporterHook), whose "stop" ends the run (StopRun)."""
     space = {"algorithm.eta_theta": {"choices": [0.3, 1e-4]}, "algorithm.batch_size": {"choices": [10, 0]}}
     path = _write_study(tmp_path, "prune", space,
                         study={"pruner": "median", "n_startup_trials": 1, "n_warmup_rounds": 1},
@@ -135,7 +138,7 @@ def test_pruned_and_failed_trials_are_recorded(ray_session, tmp_path):
     study.enqueue_trial({"algorithm.eta_theta": 0.3, "algorithm.batch_size": 10})   # good: completes
     study.enqueue_trial({"algorithm.eta_theta": 1e-4, "algorithm.batch_size": 10})  # hopeless: pruned
     study.enqueue_trial({"algorithm.eta_theta": 0.3, "algorithm.batch_size": 0})    # invalid: fails
-    res = run_study(spec, out=out, progress=False)
+    res = run_study(spec, out=out, progress=False, cold=cold)
     t0, t1, t2 = res.study.get_trials()
     assert t0.state == TrialState.COMPLETE and len(t0.intermediate_values) == 5
     assert t1.state == TrialState.PRUNED, t1.user_attrs

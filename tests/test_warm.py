@@ -153,7 +153,7 @@ def test_killed_pool_actor_is_rebuilt_with_the_same_metrics(cold_runs, tmp_path)
 
 def test_a_failing_run_leaves_its_batch_mates_alone(cold_runs, tmp_path):
     """A run whose client update raises fails alone; the run batched with it is unaffected."""
-    from raysim.cluster.parallel import RunFailed, run_many
+    from raysim.many import RunFailed, run_many
 
     good = _cfg(tmp_path / "good", f"algorithm.eta_theta={ETAS[0]}")
     # a negative batch size slips past validation (model_copy) and raises in the actors'
@@ -168,7 +168,7 @@ def test_a_failing_run_leaves_its_batch_mates_alone(cold_runs, tmp_path):
 
 def test_local_backend_runs_bypass_the_pools(tmp_path):
     """run_many (warm) with cluster.backend = local runs in process, no Ray actors."""
-    from raysim.cluster.parallel import run_many
+    from raysim.many import run_many
 
     cfgs = [_cfg(tmp_path / f"local-{i}", "cluster.backend='local'", f"algorithm.eta_theta={e}")
             for i, e in enumerate(ETAS[:2])]

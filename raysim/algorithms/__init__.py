@@ -1,7 +1,7 @@
 """Federated algorithms, chosen by name (``algorithm.name`` in the config).
 
 One algorithm is one file of this package: a class registered with
-``@register("name")`` (:mod:`raysim.algorithms.registry`) and its frozen ``Params`` model of
+``@register("name")`` (:mod:`raysim.registry`) and its frozen ``Params`` model of
 knobs (docs/algorithms.md section 10). Every module here is imported when the registry is
 first used, so a new file is all a new algorithm needs. ``algorithm.name`` may also be
 ``"package.module:ClassName"``, a user's own :class:`Algorithm` subclass.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from raysim.algorithms.base import Aggregate, Algorithm, Partial, Schedule, StepContext, aggregate
-from raysim.algorithms.registry import REGISTRY, algorithm_class, load_builtins, register
+from raysim.registry import REGISTRY, algorithm_class, load_builtins, register
 
 #: name -> class of every registered algorithm (the registry itself)
 ALGORITHMS = REGISTRY

@@ -165,6 +165,19 @@ class Algorithm:
                       ctx: StepContext, work: np.ndarray | None = None) -> Partial:
         raise NotImplementedError
 
+    def fuse_key(self) -> tuple | None:
+        """Runs of one data set whose algorithms return the same non-None key can train their
+        selected clients together with ``client_update_many`` (the warm pools' batched
+        trials); None (the default): one ``client_update`` per run."""
+        return None
+
+    @staticmethod
+    def client_update_many(jobs: list[tuple]) -> list[Partial]:
+        """``client_update`` of several runs, ``jobs[i] = (algo, payload, data, idx, ctx,
+        work)``, for algorithms that share a :meth:`fuse_key`; each result must equal the
+        run's own ``client_update``."""
+        return [algo.client_update(payload, data, idx, ctx, work) for algo, payload, data, idx, ctx, work in jobs]
+
     def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:
         raise NotImplementedError
 

@@ -24,7 +24,7 @@ from pydantic import Field
 from raysim.algorithms.base import Aggregate, State, StepContext
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.local import LocalSGDParams
-from raysim.algorithms.registry import register
+from raysim.registry import register
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 
 

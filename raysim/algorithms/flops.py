@@ -34,7 +34,7 @@ from raysim import defaults, gates
 from raysim import rng as rngmod
 from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights,
                                     minibatch, partial_work_mask)
-from raysim.algorithms.registry import register
+from raysim.registry import register
 from raysim.config import AlgorithmSection
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import tensor_bytes
@@ -140,31 +140,69 @@ class FLoPS(Algorithm):
 
     # -- client --------------------------------------------------------------------------
     def client_update(self, payload, data, idx, ctx: StepContext, work=None) -> Partial:
+        return self.client_update_many([(self, payload, data, idx, ctx, work)])[0]
+
+    def fuse_key(self) -> tuple | None:
+        """Runs whose client steps can share one vectorised pass (same model object and
+        mini-batch size, same gate family): see :meth:`client_update_many`."""
+        return (FLoPS.client_update_many, id(self.model), self.cfg.batch_size, self.gp)
+
+    @staticmethod
+    def client_update_many(jobs: list[tuple]) -> list[Partial]:
+        """One client step of several runs in ONE forward/backward pass.
+
+        ``jobs[i] = (algo, payload, data, idx, ctx, work)``: runs with the same
+        :meth:`fuse_key` (e.g. the trials of a tuning study on one warm pool, which differ
+        in learning rates and so in their broadcast theta, phi and step). Each run's clients
+        get their own rows (their run's theta and phi, their own mini-batches and gate noise,
+        keyed by (seed, client, step) exactly as in a solo run); one autograd pass returns
+        per-row gradients, summed per run in float64 in the same order as a solo run, so
+        every run's partial equals the one it computes alone.
+        """
         t0 = time.perf_counter()
-        model, p = self.model, self.model.p
-        dev = data.x.device
-        theta = torch.as_tensor(payload["theta"], device=dev)
-        phi = torch.as_tensor(payload["phi"], device=dev)
-        ids = data.ids[idx.cpu().numpy()]
-        k = ids.size
-        xb, yb, mask = minibatch(data, idx, ctx.seed, ctx.step, self.cfg.batch_size)
-        mask, steps = partial_work_mask(mask, work)  # stragglers: part of the mini-batch
-        u = torch.from_numpy(rngmod.uniform(ctx.seed, "gate-noise", ids, ctx.step, p, eps=self.gp.eps))
-        u = u.to(device=dev, dtype=theta.dtype)
-        # Per-client copies so autograd returns per-client gradients; they are summed in float64
-        # below, which makes the result independent of how clients are grouped into actors.
-        th = theta.expand(k, -1).clone().requires_grad_(True)
-        ph = phi.expand(k, -1).clone().requires_grad_(True)
-        z = gates.sample(ph, u, self.gp)
+        lead = jobs[0][0]
+        model, p, gp = lead.model, lead.model.p, lead.gp
+        dev = jobs[0][2].x.device
+        ths, phs, us, xbs, ybs, masks, cs, meta = [], [], [], [], [], [], [], []
+        for algo, payload, data, idx, ctx, work in jobs:
+            theta = torch.as_tensor(payload["theta"], device=dev)
+            phi = torch.as_tensor(payload["phi"], device=dev)
+            ids = data.ids[idx.cpu().numpy()]
+            k = ids.size
+            xb, yb, mask = minibatch(data, idx, ctx.seed, ctx.step, algo.cfg.batch_size)
+            mask, steps = partial_work_mask(mask, work)  # stragglers: part of the mini-batch
+            u = torch.from_numpy(rngmod.uniform(ctx.seed, "gate-noise", ids, ctx.step, p, eps=gp.eps))
+            us.append(u.to(device=dev, dtype=theta.dtype))
+            # per-client copies so autograd returns per-client gradients
+            ths.append(theta.expand(k, -1))
+            phs.append(phi.expand(k, -1))
+            xbs.append(xb)
+            ybs.append(yb)
+            masks.append(mask)
+            n = data.n[idx]
+            cs.append(client_weights(n, algo.cfg.weighting).to(dev))
+            meta.append((k, ids, n, steps))
+        th = torch.cat(ths).requires_grad_(True)
+        ph = torch.cat(phs).requires_grad_(True)
+        z = gates.sample(ph, torch.cat(us), gp)
         w = torch.cat([th[:, :p] * z, th[:, p:]], dim=1)
-        loss = model.client_loss(w, xb, yb, mask)
-        n = data.n[idx]
-        c = client_weights(n, self.cfg.weighting).to(dev)
+        loss = model.client_loss(w, torch.cat(xbs), torch.cat(ybs), torch.cat(masks))
+        c = torch.cat(cs)
         g_th, g_ph = torch.autograd.grad((c * loss).sum(), [th, ph])
-        return Partial(
-            sums={"theta": g_th.double().sum(0).cpu().numpy(), "phi": g_ph.double().sum(0).cpu().numpy()},
-            weight=float(c.double().sum()), client_ids=ids, client_loss=loss.detach().cpu().numpy(),
-            client_n=n.cpu().numpy(), client_steps=steps, compute_s=time.perf_counter() - t0)
+        loss = loss.detach().cpu().numpy()
+        g_th, g_ph, c = g_th.double(), g_ph.double(), c.double()
+        out, a = [], 0
+        for k, ids, n, steps in meta:
+            # summed in float64 per run: independent of how clients are grouped into actors
+            out.append(Partial(
+                sums={"theta": g_th[a: a + k].sum(0).cpu().numpy(), "phi": g_ph[a: a + k].sum(0).cpu().numpy()},
+                weight=float(c[a: a + k].sum()), client_ids=ids, client_loss=loss[a: a + k],
+                client_n=n.cpu().numpy(), client_steps=steps))
+            a += k
+        dt = time.perf_counter() - t0
+        for part in out:
+            part.compute_s = dt
+        return out
 
     # -- server --------------------------------------------------------------------------
     def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import Field
 
 from raysim.algorithms.fedavg import FedAvg, FedProxParams
-from raysim.algorithms.registry import register
+from raysim.registry import register
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 
 

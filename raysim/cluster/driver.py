@@ -1,4 +1,5 @@
-"""The round driver: starts (or joins) Ray, places the actors and runs the steps.
+"""The round driver: starts (or joins) Ray, places the actors and runs the steps (the Ray
+backend of the :class:`raysim.simulation.Simulation` interface).
 
 The driver samples participants, dispatches each step to the actors that hold them and
 hands the actors' partial sums to the server, all by object reference: the steps of a round
@@ -128,11 +129,17 @@ class RaySimulation:
     (:meth:`state_dict` / :meth:`restore`, ``raysim.checkpoint``).
     """
 
-    def __init__(self, cfg: Config, placement_group: Any = None):
+    def __init__(self, cfg: Config, placement_group: Any = None, check_data: bool = True):
         """``placement_group``: a group from :func:`raysim.cluster.parallel.reserve`; bundle 0
-        hosts the server, bundle i + 1 client actor i. Without it, resources are checked."""
+        hosts the server, bundle i + 1 client actor i. Without it, resources are checked.
+        ``check_data``: read real data here first, so a missing or corrupt file is a clear error
+        and not a crashed actor (``False`` when the caller has done it, as ``raysim.runner`` does
+        with ``raysim.preflight.check_run``: the files are then not read twice in the driver)."""
         self.cfg = cfg
-        preflight(cfg)  # real data: clear errors for missing/corrupt files before any actor starts
+        #: True when this simulation started Ray (:func:`open_ray_simulation`); close() ends it
+        self.owns_ray = False
+        if check_data:
+            preflight(cfg)  # real data: clear errors for missing/corrupt files before any actor starts
         cl = cfg.cluster
         def where(bundle: int) -> dict[str, Any]:
             if placement_group is None:
@@ -245,6 +252,27 @@ class RaySimulation:
         return ray.get([a.evaluate.remote(theta_ref) for a in self.actors])
 
     def close(self) -> None:
-        for a in self.actors:
-            ray.kill(a)
-        ray.kill(self.server)
+        """Kill the run's actors, and end Ray when this simulation started it."""
+        try:
+            for a in self.actors:
+                ray.kill(a)
+            ray.kill(self.server)
+        finally:
+            if self.owns_ray:
+                self.owns_ray = False
+                ray.shutdown()
+
+
+def open_ray_simulation(cfg: Config, placement_group: Any = None, check_data: bool = True) -> RaySimulation:
+    """A :class:`RaySimulation` on the Ray instance of this process, else the one
+    :func:`init_ray` joins or starts; a Ray instance started here is ended by its ``close()``
+    (or at once, when the actors cannot be started)."""
+    started = init_ray(cfg)
+    try:
+        sim = RaySimulation(cfg, placement_group=placement_group, check_data=check_data)
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
+    sim.owns_ray = started
+    return sim

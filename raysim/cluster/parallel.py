@@ -1,38 +1,34 @@
-"""Several whole runs at once on Ray, each with its resources reserved up front.
+"""Ray primitives for several whole runs side by side (the cold path of the many-runs layer).
 
-A run needs one server actor and ``n_actors`` client actors. :func:`reserve` books all of
-them as one placement group (all-or-nothing), so runs started side by side never deadlock
-holding half of what they need; :func:`run_remote` runs :func:`raysim.runner.run` as a Ray
-task whose actors are placed in that group; :func:`run_many` keeps up to ``max_parallel``
-runs in flight, releases each group when its run ends and records failures instead of
-stopping (used by ``raysim compare``, ``raysim stress`` and ``raysim tune``).
+The many-runs layer (``raysim.many``: ``raysim compare``, ``raysim stress``, ``raysim tune``)
+sits above the run and calls down into these; nothing here knows what a run does
+(docs/architecture.md, "Layers" and "Many runs"):
+
+* :func:`init_ray_for` / :func:`shutdown_ray`: start (or join) Ray with room for the runs;
+* :func:`reserve` / :func:`wait_reserved` / :func:`release`: a run's server and client actors
+  booked as one placement group (all-or-nothing, so runs started side by side never
+  deadlock holding half of what they need);
+* :func:`submit` / :func:`wait_first` / :func:`result`: any picklable callable as a Ray task
+  (the many-runs layer passes :func:`raysim.runner.run` in; this package never imports it);
+* :func:`start_reporter` / :func:`call` / :func:`kill`: a small actor made from a plain class
+  (the cold tuning path's trial reporter), and :class:`ReporterHook`, the ``on_eval`` hook
+  that reports a run's evaluations to it from inside the run's task.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-import traceback
 from typing import Any, Callable, Sequence
 
 import ray
+from ray.exceptions import RayError as RemoteError  # noqa: F401 - what result() raises for a failed task
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 
 from raysim.config import Config
-
-
-class RunFailed(RuntimeError):
-    """A run of :func:`run_many` failed; ``details`` holds the remote traceback."""
-
-    def __init__(self, message: str, details: str = ""):
-        super().__init__(message)
-        self.details = details
-
-    @classmethod
-    def of(cls, i: int, cfg: Config, exc: BaseException) -> "RunFailed":
-        """Run ``i`` (of ``cfg``) raised ``exc``: its message (a Ray error's cause) and traceback."""
-        cause = getattr(exc, "cause", None) or exc
-        return cls(f"run {i} ({cfg.run.name}) failed: {cause}", "".join(traceback.format_exception(exc)))
+from raysim.outcome import StopRun
+from raysim.quiet import quiet_local_ray
 
 
 def run_bundles(cfg: Config) -> list[dict[str, float]]:
@@ -63,15 +59,23 @@ def reserve(cfg: Config, timeout_s: float | None = None) -> PlacementGroup:
     return pg
 
 
+def wait_reserved(pg: PlacementGroup) -> None:
+    """Block until the placement group ``pg`` (from :func:`reserve`) holds its resources."""
+    ray.get(pg.ready())
+
+
+def release(pg: PlacementGroup) -> None:
+    """Give the resources of a placement group from :func:`reserve` back to the cluster."""
+    remove_placement_group(pg)
+
+
 def init_ray_for(cfgs: Sequence[Config], max_parallel: int | None = None) -> bool:
     """Start (or join) Ray with room for ``max_parallel`` of these runs side by side.
 
     Locally, logical CPUs are sized so that the requested parallelism fits (simulation
     actors mostly wait on each other, so a modest oversubscription of cores is intended).
-    Returns True when this call started Ray.
+    Returns True when this call started Ray (then the caller ends it with :func:`shutdown_ray`).
     """
-    import logging
-
     if ray.is_initialized():
         return False
     address = next((c.cluster.address for c in cfgs if c.cluster.address), None) or os.environ.get("RAY_ADDRESS")
@@ -81,11 +85,14 @@ def init_ray_for(cfgs: Sequence[Config], max_parallel: int | None = None) -> boo
     else:
         per_run = max((run_cpus(c) for c in cfgs), default=1.0)
         k = max_parallel or 1
-        from raysim.quiet import quiet_local_ray
-
         quiet_local_ray()
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(per_run * k)), include_dashboard=False, **kw)
     return True
+
+
+def shutdown_ray() -> None:
+    """End the Ray instance this process started (:func:`init_ray_for`, ``driver.init_ray``)."""
+    ray.shutdown()
 
 
 def default_parallel(cfgs: Sequence[Config]) -> int:
@@ -95,171 +102,65 @@ def default_parallel(cfgs: Sequence[Config]) -> int:
     return max(1, int(have // per_run))
 
 
+# -- any callable as a Ray task ----------------------------------------------------------------
+
 @ray.remote(num_cpus=0)
-def _run_task(cfg: Config, pg: PlacementGroup, reporter: Any = None):
-    from raysim.runner import run
-
-    on_eval = None
-    if reporter is not None:
-        def on_eval(rnd: int, row: dict[str, Any]) -> None:
-            # A reporter actor may answer "stop" (e.g. an Optuna pruner); stopping raises here.
-            verdict = ray.get(reporter.report.remote(rnd, row))
-            if verdict == "stop":
-                raise StopRun(f"stopped at round {rnd} by the reporter")
-    return run(cfg, on_eval=on_eval, console_output=False, placement_group=pg)
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    return fn(*args, **kwargs)
 
 
-class StopRun(Exception):
-    """Raised inside a run to stop it early (e.g. a pruned trial)."""
+def submit(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ray.ObjectRef:
+    """Run ``fn(*args, **kwargs)`` as a Ray task (it reserves no CPU: the actors it starts do);
+    returns its reference. ``fn`` must be picklable (a module-level function)."""
+    return _call.remote(fn, args, kwargs)
 
 
-def run_remote(cfg: Config, pg: PlacementGroup, reporter: Any = None) -> ray.ObjectRef:
-    """Start one whole run as a Ray task whose actors live in ``pg``; returns its ObjectRef.
-
-    ``reporter`` (optional) is an actor handle with a method ``report(round, row)`` that is
-    called after every evaluation and may return ``"stop"`` to end the run early.
-    """
-    return _run_task.remote(cfg, pg, reporter)
+def wait_first(refs: Sequence[ray.ObjectRef]) -> list[ray.ObjectRef]:
+    """Block until at least one of ``refs`` is done; returns those that are."""
+    done, _ = ray.wait(list(refs), num_returns=1)
+    return done
 
 
-#: runs advanced together on a warm pool when ``max_parallel`` is not given
-DEFAULT_BATCH = 8
+def result(ref: ray.ObjectRef) -> Any:
+    """The value of a task from :func:`submit`; a task that raised raises :data:`RemoteError`
+    (which is also an instance of the task's own exception class, e.g. ``StopRun``)."""
+    return ray.get(ref)
 
 
-def run_many(cfgs: Sequence[Config], max_parallel: int | None = None,
-             on_result: Callable[[int, Any], None] | None = None,
-             progress: bool = True, description: str = "runs", warm: bool = True) -> list[Any]:
-    """Run every config (each a whole raysim run), up to ``max_parallel`` at once.
+# -- a small actor from a plain class ----------------------------------------------------------
 
-    ``warm`` (default): runs that share their data run on one warm pool of actors, batched
-    (``raysim.cluster.warm``; up to ``max_parallel``, default :data:`DEFAULT_BATCH`, at once);
-    runs are ordered so that those of one data set run together. ``warm=False``: the cold
-    path, every run with fresh actors in its own placement group.
-
-    Returns, in input order, a :class:`raysim.runner.RunResult` or the :class:`RunFailed`
-    of each run. ``on_result(index, result)`` is called as each one finishes.
-    """
-    cfgs = list(cfgs)
-    if cfgs and all(c.cluster.backend == "local" for c in cfgs):
-        return _run_many_local(cfgs, on_result, progress, description)
-    if warm:
-        return _run_many_warm(cfgs, max_parallel or DEFAULT_BATCH, on_result, progress, description)
-    started = init_ray_for(cfgs, max_parallel)
-    try:
-        k = max_parallel or default_parallel(cfgs)
-        results: list[Any] = [None] * len(cfgs)
-        pending = list(range(len(cfgs)))
-        inflight: dict[ray.ObjectRef, tuple[int, PlacementGroup]] = {}
-        bar = _bar(len(cfgs), progress, description)
-        try:
-            while pending or inflight:
-                while pending and len(inflight) < k:
-                    i = pending.pop(0)
-                    pg = reserve(cfgs[i])
-                    inflight[run_remote(cfgs[i], pg)] = (i, pg)
-                done, _ = ray.wait(list(inflight), num_returns=1)
-                for ref in done:
-                    i, pg = inflight.pop(ref)
-                    try:
-                        results[i] = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                        results[i] = RunFailed.of(i, cfgs[i], exc)
-                    finally:
-                        remove_placement_group(pg)
-                    if on_result is not None:
-                        on_result(i, results[i])
-                    bar.advance()
-        finally:
-            bar.close()
-        return results
-    finally:
-        if started:
-            ray.shutdown()
+_REMOTE_CLASSES: dict[type, Any] = {}
 
 
-def _run_many_warm(cfgs: list[Config], k: int, on_result: Callable[[int, Any], None] | None,
-                   progress: bool, description: str) -> list[Any]:
-    """The runs on warm pools, ``k`` at a time (driver threads; the Ray calls of the runs on
-    one pool are batched by the pool). Local-backend runs run in process, without a pool."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+def start_reporter(cls: type, *args: Any) -> Any:
+    """An instance of the plain class ``cls`` as a zero-CPU actor pinned to this node (close to
+    the driver's storage); returns its handle. Its methods are called with :func:`call`."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from raysim.cluster.warm import WarmFederation, data_fingerprint
-    from raysim.runner import run
-
-    ray_cfgs = [c for c in cfgs if c.cluster.backend != "local"]
-    started = init_ray_for(ray_cfgs or cfgs, 1)
-    fed = WarmFederation()
-    # the runs of one data set next to each other, so that they share the pool while it is warm
-    keys: dict[str, int] = {}
-    order = sorted(range(len(cfgs)), key=lambda i: keys.setdefault(
-        "local" if cfgs[i].cluster.backend == "local" else data_fingerprint(cfgs[i]), len(keys)))
-    results: list[Any] = [None] * len(cfgs)
-    bar = _bar(len(cfgs), progress, description)
-
-    def one(i: int) -> Any:
-        return run(cfgs[i], console_output=False, simulation=fed.simulation)
-
-    try:
-        with ThreadPoolExecutor(max_workers=k, thread_name_prefix="raysim-run") as ex:
-            pending = list(order)
-            inflight: dict[Any, int] = {}
-            while pending or inflight:
-                while pending and len(inflight) < k:
-                    i = pending.pop(0)
-                    inflight[ex.submit(one, i)] = i
-                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                for f in done:
-                    i = inflight.pop(f)
-                    try:
-                        results[i] = f.result()
-                    except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                        results[i] = RunFailed.of(i, cfgs[i], exc)
-                    if on_result is not None:
-                        on_result(i, results[i])
-                    bar.advance()
-    finally:
-        bar.close()
-        fed.shutdown()
-        if started:
-            ray.shutdown()
-    return results
+    remote = _REMOTE_CLASSES.get(cls)
+    if remote is None:
+        remote = _REMOTE_CLASSES[cls] = ray.remote(num_cpus=0)(cls)
+    here = ray.get_runtime_context().get_node_id()
+    return remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(*args)
 
 
-def _run_many_local(cfgs: list[Config], on_result: Callable[[int, Any], None] | None,
-                    progress: bool, description: str) -> list[Any]:
-    """``cluster.backend = "local"``: the runs one after another in this process, no Ray."""
-    from raysim.runner import run
-
-    results: list[Any] = [None] * len(cfgs)
-    bar = _bar(len(cfgs), progress, description)
-    try:
-        for i, cfg in enumerate(cfgs):
-            try:
-                results[i] = run(cfg, console_output=False)
-            except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                results[i] = RunFailed.of(i, cfg, exc)
-            if on_result is not None:
-                on_result(i, results[i])
-            bar.advance()
-    finally:
-        bar.close()
-    return results
+def call(actor: Any, method: str, *args: Any) -> Any:
+    """``actor.method(*args)`` on an actor from :func:`start_reporter`; waits for the answer."""
+    return ray.get(getattr(actor, method).remote(*args))
 
 
-class _bar:
-    def __init__(self, total: int, enabled: bool, description: str):
-        self.p = None
-        if enabled and total:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def kill(actor: Any) -> None:
+    ray.kill(actor)
 
-            self.p = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            self.t = self.p.add_task(description, total=total)
-            self.p.start()
 
-    def advance(self) -> None:
-        if self.p is not None:
-            self.p.advance(self.t)
+class ReporterHook:
+    """A run's ``on_eval(round, row)`` hook that reports each evaluation to a reporter actor
+    (a method ``report(round, row)``); the answer ``"stop"`` (e.g. an Optuna pruner's) raises
+    :class:`raysim.outcome.StopRun`, which ends the run. Picklable: it travels into the run's task."""
 
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
+    def __init__(self, reporter: Any):
+        self.reporter = reporter
+
+    def __call__(self, rnd: int, row: dict[str, Any]) -> None:
+        if call(self.reporter, "report", rnd, row) == "stop":
+            raise StopRun(f"stopped at round {rnd} by the reporter")

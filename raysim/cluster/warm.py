@@ -86,6 +86,8 @@ def data_fingerprint(cfg: Config) -> str:
     d = cfg.to_toml_dict()
     key: dict[str, Any] = {"data": d["data"], "partition": d.get("partition", {}), "seed": cfg.run.seed,
                            "cluster": {k: d["cluster"].get(k) for k in _LAYOUT}, "n_actors": cfg.n_actors()}
+    if d.get("model", {}).get("module"):   # a user model: the pool's runs share its federation AND its model
+        key["model"] = d["model"]
     if cfg.cluster.balance == "work":
         key["participation"] = d.get("participation", {})
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -130,32 +132,45 @@ class PoolClientActor:
             self.views.move_to_end(key)
         return v
 
-    def train(self, entries: list[tuple], *payloads) -> list[Any]:
-        """One step of several slots: ``entries[i] = (key, [cfg ref], step, client ids, work)``
-        with its payload ``payloads[i]``; returns one result (a partial, a list of partials,
-        or a :class:`SlotError`) per entry."""
-        out: list[Any] = []
-        for (key, box, step, ids, work), payload in zip(entries, payloads):
+    def train(self, entries: list[tuple], *bundles) -> list[Any]:
+        """One step of several slots: ``entries[i] = (key, [cfg ref], step, client ids, work,
+        b, j)``; the slot's payload is ``bundles[b][j]`` (``bundles[b]`` itself when ``j`` is
+        None): the server returns the next payloads of all the slots of a step as one object,
+        so a call fetches one object per server call instead of one per slot. Returns one
+        result (a partial, a list of partials, or a :class:`SlotError`) per entry."""
+        from raysim.engine import train_many
+
+        out: list[Any] = [None] * len(entries)
+        steps, where = [], []
+        for i, (key, box, step, ids, work, b, j) in enumerate(entries):
+            payload = bundles[b] if j is None else bundles[b][j]
             if isinstance(payload, SlotError):
-                out.append(payload)
+                out[i] = payload
                 continue
             try:
-                out.append(self._view(key, box).train(step, payload, ids, work))
+                steps.append((self._view(key, box), step, payload, ids, work))
+                where.append(i)
             except Exception as exc:  # noqa: BLE001 - this slot fails, the batch goes on
-                out.append(_err(exc))
+                out[i] = _err(exc)
+        # the slots' steps in one vectorised pass where their algorithms allow (FLoPS trials)
+        for i, res in zip(where, train_many(steps)):
+            out[i] = _err(res) if isinstance(res, BaseException) else res
         return out
 
-    def evaluate(self, keys: list[str], *thetas) -> list[Any]:
-        """Per-client held-out scores of each slot's deployed model."""
-        out: list[Any] = []
-        for key, theta in zip(keys, thetas):
-            if isinstance(theta, SlotError):
-                out.append(theta)
-                continue
-            try:
-                out.append(self.base.evaluate(theta))
-            except Exception as exc:  # noqa: BLE001
-                out.append(_err(exc))
+    def evaluate(self, keys: list[str], thetas: list[Any]) -> list[Any]:
+        """Per-client held-out scores of each slot's deployed model (``thetas[i]`` of slot
+        ``keys[i]``, one object for all the slots)."""
+        out: list[Any] = list(thetas)       # a SlotError stays as it is
+        good = [i for i, th in enumerate(thetas) if not isinstance(th, SlotError)]
+        try:   # all the slots' models in one vectorised pass
+            for i, res in zip(good, self.base.evaluate_many([thetas[i] for i in good])):
+                out[i] = res
+        except Exception:  # noqa: BLE001 - find the slot at fault: each alone
+            for i in good:
+                try:
+                    out[i] = self.base.evaluate(thetas[i])
+                except Exception as exc:  # noqa: BLE001
+                    out[i] = _err(exc)
         return out
 
 
@@ -205,7 +220,7 @@ class PoolServer:
         """Aggregate one step of several slots. ``entries[i] = (key, step, n_selected,
         [(output index, position), ...])`` names where slot i's partials are among the client
         actors' ``outputs`` (in actor order, as a cold run sends them). Returns the next
-        payload of every slot (a tuple when there are several)."""
+        payload of every slot, as one list (one object for the client actors to fetch)."""
         res: list[Any] = []
         for key, step, n_selected, where in entries:
             parts = [outputs[o][j] for o, j in where]
@@ -224,7 +239,7 @@ class PoolServer:
                 except Exception as exc:  # noqa: BLE001
                     core.failed = _err(exc)
                     res.append(core.failed)
-        return res[0] if len(res) == 1 else tuple(res)
+        return res
 
     def end_round(self, keys: list[str]) -> list[Any]:
         out = []
@@ -250,14 +265,19 @@ class PoolServer:
                 out.append(_err(exc))
         return out
 
-    def deployed(self, entries: list[tuple[str, bool]]) -> Any:
+    def deployed(self, entries: list[tuple[str, bool]]) -> list[Any]:
         out = []
         for k, final in entries:
             try:
                 out.append(self.cores[k].deployed(final))
             except Exception as exc:  # noqa: BLE001
                 out.append(_err(exc))
-        return out[0] if len(out) == 1 else tuple(out)
+        return out
+
+    def evaluate_deployed(self, entries: list[tuple[str, bool]]) -> tuple[list[Any], list[Any]]:
+        """:meth:`evaluate` and :meth:`deployed` in one call (two return objects): the metrics
+        for the driver and the deployed models for the client actors' fairness scores."""
+        return self.evaluate(entries), self.deployed(entries)
 
     def state_dict(self, key: str) -> dict[str, Any]:
         return self.cores[key].state_dict()
@@ -281,7 +301,7 @@ class _Slot:
         self.total_steps = total_steps
         self.spr = spr
         self.step = 0
-        self.payload: Any = None
+        self.payload: Any = None        # (object ref, position in it or None)
         self.waiting = False
 
 
@@ -339,7 +359,7 @@ class WarmPool:
         info = ray.get(self.server.open.remote(key, cfg))
         part = build_participation(cfg.participation, cfg.data.n_clients, cfg.run.seed)
         slot = _Slot(key, cfg, box, part, info["total_steps"], info["steps_per_round"])
-        slot.payload = self.server.payload.remote(key)
+        slot.payload = (self.server.payload.remote(key), None)
         with self.lock:
             self.slots[key] = slot
             self.runs += 1
@@ -380,7 +400,7 @@ class WarmPool:
                 if not active:
                     continue
                 self.batcher.max_batch = max(self.batcher.max_batch, len(active))
-                per_actor: dict[int, tuple[list, list]] = {}
+                per_actor: dict[int, tuple[list, list, dict]] = {}
                 where: list[list[tuple[int, int]]] = []
                 sels = []
                 for s in active:
@@ -388,21 +408,24 @@ class WarmPool:
                     sel = s.participation.select(step)
                     sels.append(sel)
                     w = []
+                    ref, pos = s.payload
                     for a, ids, work in by_actor(self.owner, sel):
-                        ents, pays = per_actor.setdefault(a, ([], []))
+                        ents, refs, seen = per_actor.setdefault(a, ([], [], {}))
                         w.append((a, len(ents)))
-                        ents.append((s.key, s.box, step, ids, work))
-                        pays.append(s.payload)
+                        b = seen.get(ref)
+                        if b is None:
+                            b = seen[ref] = len(refs)
+                            refs.append(ref)
+                        ents.append((s.key, s.box, step, ids, work, b, pos))
                     where.append(w)
                 order = sorted(per_actor)
                 index = {a: i for i, a in enumerate(order)}
                 outs = [self.actors[a].train.remote(per_actor[a][0], *per_actor[a][1]) for a in order]
                 entries = [(s.key, s.step + k, int(sel.n_selected), [(index[a], j) for a, j in w])
                            for s, sel, w in zip(active, sels, where)]
-                pays = self.server.apply.options(num_returns=len(entries)).remote(entries, *outs)
-                pays = [pays] if len(entries) == 1 else list(pays)
-                for s, p in zip(active, pays):
-                    s.payload = p
+                bundle = self.server.apply.remote(entries, *outs)
+                for i, s in enumerate(active):
+                    s.payload = (bundle, i)
             round_ref = self.server.end_round.remote([s.key for s, _ in rounds])
         # evaluations: the explicit ones, then those that close a round of this cycle
         todo = [(s, final) for s, final, _ in evals]
@@ -416,11 +439,9 @@ class WarmPool:
         eval_refs = None
         if todo:
             entries = [(s.key, final) for s, final in todo]
-            metrics_ref = self.server.evaluate.remote(entries)
-            thetas = self.server.deployed.options(num_returns=len(entries)).remote(entries)
-            thetas = [thetas] if len(entries) == 1 else list(thetas)
+            metrics_ref, thetas = self.server.evaluate_deployed.options(num_returns=2).remote(entries)
             keys = [s.key for s, _ in todo]
-            scores = [a.evaluate.remote(keys, *thetas) for a in self.actors]
+            scores = [a.evaluate.remote(keys, thetas) for a in self.actors]
             eval_refs = (metrics_ref, scores)
         # wait once for everything issued in this cycle
         results: list[Any] = []
@@ -528,7 +549,9 @@ class _Batcher:
         if not (self.rounds or self.evals):
             return False
         waiting = {s.key for s, _ in self.rounds} | {s.key for s, _, _ in self.evals}
-        open_keys = set(self.pool.slots)
+        # the open runs that still have rounds to ask for (a finished run writing its files
+        # does not hold the others up)
+        open_keys = {k for k, s in list(self.pool.slots.items()) if s.step < s.total_steps}
         return open_keys <= waiting or time.perf_counter() - (self.first or 0) >= self.linger_s
 
     def _loop(self) -> None:
@@ -584,6 +607,8 @@ class WarmSimulation:
         self._evaluated: tuple[int, Any] | None = None
         self._step = 0                      # the step of the last round handed to the run loop
         self._next: Future | None = None    # the next round, queued ahead (pipelining)
+        if self.total_steps > 0:            # the first round joins the pool's next cycle at once
+            self._next = pool.batcher.submit_round(self.slot)
 
     @property
     def step(self) -> int:
@@ -648,14 +673,14 @@ class WarmSimulation:
         return self.pool.batcher.submit_eval(self.slot, final).result()
 
     def deployed(self, final: bool = True) -> np.ndarray:
-        th = ray.get(self.pool.server.deployed.remote([(self.slot.key, final)]))
+        th = ray.get(self.pool.server.deployed.remote([(self.slot.key, final)]))[0]
         if isinstance(th, SlotError):
             raise SlotFailed(th.message)
         return th
 
     def client_scores(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        theta = self.pool.server.deployed.remote([(self.slot.key, True)])
-        out = ray.get([a.evaluate.remote([self.slot.key], theta) for a in self.pool.actors])
+        thetas = self.pool.server.deployed.remote([(self.slot.key, True)])
+        out = ray.get([a.evaluate.remote([self.slot.key], thetas) for a in self.pool.actors])
         bad = next((o[0] for o in out if isinstance(o[0], SlotError)), None)
         if bad is not None:
             raise SlotFailed(bad.message)
@@ -672,7 +697,7 @@ class WarmSimulation:
         if step != sd["step"]:
             raise RuntimeError(f"checkpoint inconsistent: server at step {step}, driver at {sd['step']}")
         self.slot.step = self._step = int(sd["step"])
-        self.slot.payload = self.pool.server.payload.remote(self.slot.key)
+        self.slot.payload = (self.pool.server.payload.remote(self.slot.key), None)
 
     def close(self) -> None:
         if self._closed:

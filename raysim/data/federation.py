@@ -176,4 +176,8 @@ def build_federation(data_cfg: Any, seed: int, partition_cfg: Any = None) -> Fed
         from raysim.data.real import RealFederation
 
         return RealFederation(data_cfg, seed, partition_cfg if partition_cfg is not None else PartitionSection())
+    if data_cfg.kind == "custom":
+        from raysim.data.custom import CustomFederation
+
+        return CustomFederation(data_cfg, seed)
     raise ValueError(f"data.kind = {data_cfg.kind!r} is not supported")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from raysim import rng as rngmod
-from raysim.config import ConfigError
+from raysim.errors import ConfigError
 
 
 def _sizes_equal(total: int, n_clients: int) -> np.ndarray:

@@ -46,13 +46,11 @@ import math
 import numpy as np
 
 from raysim import rng as rngmod
-from raysim.config import ConfigError
+from raysim.catalog import IMAGE_DATASETS, TASKS, check_task  # noqa: F401 - re-exported
 from raysim.data.federation import ClientData, Federation
 from raysim.data.partition import label_heterogeneity, make_partition
+from raysim.errors import ConfigError
 
-IMAGE_DATASETS = ("mnist-5k", "digits", "mnist", "fashion-mnist", "emnist")
-TASKS: dict[str, tuple[str, ...]] = {**{d: ("mc", "cnn") for d in IMAGE_DATASETS}, "rcv1": ("mlc", "lg"),
-                                     "guimmun": ("lg",)}
 DEFAULT_DATA_DIR = "datasets/cache"
 
 SOURCES = {
@@ -70,17 +68,6 @@ class DatasetError(ConfigError):
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset file is missing; the message names it, its format and where to get it."""
-
-
-def check_task(dataset: str, task: str) -> None:
-    """Raise ValueError (shown as a config error) for a task the dataset cannot serve."""
-    ok = TASKS.get(dataset)
-    if ok is None:
-        raise ValueError(f"data.dataset = {dataset!r} is unknown; known: {', '.join(TASKS)}")
-    if task not in ok:
-        why = " (lr is regression; the real datasets are classification)" if task == "lr" else ""
-        raise ValueError(f"data.task = {task!r} cannot be used with data.dataset = {dataset!r}{why}; "
-                         f"use data.task = {' or '.join(repr(t) for t in ok)}")
 
 
 def resolve_data_dir(data_cfg: Any) -> Path:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from raysim import rng as rngmod
-from raysim.config import ConfigError
+from raysim.errors import ConfigError
 from raysim.data.federation import ClientData, Federation
 
 

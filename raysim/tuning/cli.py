@@ -1,4 +1,4 @@
-"""``raysim tune`` and ``raysim tune-report`` (registered through ``raysim.cli.PLUGINS``).
+"""``raysim tune`` and ``raysim tune-report`` (registered through ``raysim.commands.PLUGINS``).
 
     raysim tune tuning/STUDY.toml [--n-trials N] [--timeout S] [--parallel K] [--storage URL]
                                   [--out DIR] [--set KEY=VALUE ...] [--check | --dry-run]
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from raysim.cli import command
+from raysim.commands import command
 from raysim.config import parse_override
 
 

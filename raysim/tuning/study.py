@@ -14,7 +14,9 @@ Design (how a trial runs and how its intermediate values reach the study):
   (:mod:`raysim.tuning.space`), reserves the run's server + client actor resources in one
   placement group (:func:`raysim.cluster.parallel.reserve`, all-or-nothing, so trials waiting
   for resources never hold half of them and never deadlock) and runs the whole run as a Ray
-  task inside it (:func:`raysim.cluster.parallel.run_remote`).
+  task inside it (:func:`raysim.many.run_remote`).
+* No Ray code here: the reporter actor, the placement groups and Ray's start and end are the
+  primitives of ``raysim.cluster.parallel`` (docs/architecture.md, "Layers").
 * Intermediate values go through the Optuna storage itself. The run's ``on_eval`` hook calls a
   small :class:`TrialReporter` actor (one per parallel slot, pinned to the driver's node, so
   a journal file on the driver's disk works in a cluster too) that writes
@@ -323,9 +325,6 @@ def finished_count(study: optuna.Study) -> int:
 
 # -- the reporter actor ---------------------------------------------------------------------
 
-_REPORTER = None
-
-
 def report_and_ask(trial: optuna.Trial, metric: str, rnd: int, row: dict[str, Any]) -> bool:
     """Report a run's evaluation row to its trial (the objective metric at round ``rnd``) and
     ask the pruner; True (and ``pruned_at_round`` recorded) when the trial should stop."""
@@ -339,38 +338,30 @@ def report_and_ask(trial: optuna.Trial, metric: str, rnd: int, row: dict[str, An
     return False
 
 
-def _reporter_class():
-    global _REPORTER
-    if _REPORTER is not None:
-        return _REPORTER
-    import ray
+class TrialReporter:
+    """Writes a running trial's intermediate values to the storage and answers the pruner.
 
-    @ray.remote(num_cpus=0)
-    class TrialReporter:
-        """Writes a running trial's intermediate values to the storage and answers the pruner.
+    A plain class, started as a small actor by ``raysim.cluster.parallel.start_reporter`` (one
+    per parallel slot of the cold path); :meth:`bind` points it at the slot's current trial. The
+    run's ``on_eval`` hook calls :meth:`report` (``raysim.cluster.parallel.ReporterHook``, passed
+    in by :func:`raysim.many.run_remote`)."""
 
-        One per parallel slot; :meth:`bind` points it at the slot's current trial. Called by the
-        run's ``on_eval`` hook (through :func:`raysim.cluster.parallel.run_remote`)."""
+    def __init__(self, location: str, study_name: str, pruner: Any, metric: str):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        self.study = optuna.load_study(study_name=study_name, storage=open_storage(location),
+                                       pruner=pruner, sampler=optuna.samplers.RandomSampler())
+        self.metric = metric
+        self.trial: optuna.Trial | None = None
 
-        def __init__(self, location: str, study_name: str, pruner: Any, metric: str):
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            self.study = optuna.load_study(study_name=study_name, storage=open_storage(location),
-                                           pruner=pruner, sampler=optuna.samplers.RandomSampler())
-            self.metric = metric
-            self.trial: optuna.Trial | None = None
+    def bind(self, trial_id: int) -> int:
+        self.trial = optuna.Trial(self.study, trial_id)
+        return trial_id
 
-        def bind(self, trial_id: int) -> int:
-            self.trial = optuna.Trial(self.study, trial_id)
-            return trial_id
-
-        def report(self, rnd: int, row: dict[str, Any]) -> str | None:
-            if self.trial is None:
-                return None
-            return "stop" if report_and_ask(self.trial, self.metric, rnd, row) else None
-
-    _REPORTER = TrialReporter
-    return TrialReporter
+    def report(self, rnd: int, row: dict[str, Any]) -> str | None:
+        if self.trial is None:
+            return None
+        return "stop" if report_and_ask(self.trial, self.metric, rnd, row) else None
 
 
 # -- one trial ------------------------------------------------------------------------------
@@ -398,10 +389,10 @@ class _TrialRunner:
         self.federation = federation   # warm path: a raysim.cluster.warm.WarmFederation
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        from raysim.cluster.parallel import StopRun, reserve, run_remote
+        from raysim.cluster.parallel import RemoteError, call, release, reserve, wait_reserved
+        from raysim.cluster.parallel import result as result_of
+        from raysim.many import run_remote
+        from raysim.outcome import StopRun
 
         spec = self.spec
         t0 = time.perf_counter()
@@ -423,20 +414,20 @@ class _TrialRunner:
         reporter = self.reporters.get()
         try:
             if reporter is not None:
-                ray.get(reporter.bind.remote(trial._trial_id))
+                call(reporter, "bind", trial._trial_id)
             pg = reserve(cfg)
             try:
-                ray.get(pg.ready())
-                result = ray.get(run_remote(cfg, pg, reporter))
+                wait_reserved(pg)
+                result = result_of(run_remote(cfg, pg, reporter))
             except StopRun:
                 trial.set_user_attr("wall_s", time.perf_counter() - t0)
                 raise optuna.TrialPruned()
-            except ray.exceptions.RayError as exc:
+            except RemoteError as exc:
                 cause = getattr(exc, "cause", None) or exc
                 return self._fail(trial, f"run failed: {type(cause).__name__}: {cause}",
                                   "".join(traceback.format_exception(exc))[-4000:])
             finally:
-                remove_placement_group(pg)
+                release(pg)
         finally:
             self.reporters.put(reporter)
         return self._finish(trial, cfg, result, t0)
@@ -537,10 +528,8 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, timeout: float | 
 def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, parallel: int | None,
                storage: str | None, out: str | Path | None, overrides: dict[str, Any] | None, progress: bool,
                report: bool, cold: bool = False) -> StudyResult:
-    import ray
-
     from raysim.cluster.driver import check_resources
-    from raysim.cluster.parallel import init_ray_for
+    from raysim.cluster.parallel import init_ray_for, kill, shutdown_ray, start_reporter
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     overrides = dict(overrides or {})
@@ -588,7 +577,7 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
         finally:
             fed.shutdown()
             if started:
-                ray.shutdown()
+                shutdown_ray()
     elif remaining:   # cold: one placement group and fresh actors per trial
         started = init_ray_for([base_cfg], k)
         reporters: queue.Queue = queue.Queue()
@@ -598,21 +587,17 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
             pruning = not spec.objective.multi and spec.study.pruner != "none"
             for _ in range(k):
                 actor = None
-                if pruning:
-                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-                    here = ray.get_runtime_context().get_node_id()
-                    actor = _reporter_class().options(
-                        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)).remote(
-                        location, spec.study.name, study.pruner, spec.objective.metrics[0])
+                if pruning:   # on the driver's node, so a journal file on its disk works in a cluster too
+                    actor = start_reporter(TrialReporter, location, spec.study.name, study.pruner,
+                                           spec.objective.metrics[0])
                     actors.append(actor)
                 reporters.put(actor)
             optimize(_TrialRunner(spec, study_dir, overrides, reporters))
         finally:
             for a in actors:
-                ray.kill(a)
+                kill(a)
             if started:
-                ray.shutdown()
+                shutdown_ray()
     wall = time.perf_counter() - t0
     n_new = finished_count(study) - done
     rep: dict[str, Any] = {}

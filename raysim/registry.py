@@ -7,10 +7,16 @@ algorithm has: ``name``, ``rho``, ``batch_size``, ``weighting``). Every module o
 package is imported when the registry is first asked for a name, so adding an algorithm
 touches no list.
 
-A user algorithm needs no file in raysim: ``algorithm.name = "pkg.module:Class"`` imports
-``Class`` from ``pkg.module`` (which must be importable wherever the run executes: the
-driver and, with the Ray backend, the actors' worker processes) and registers it under
-that import string.
+Layers (docs/architecture.md, "Layers"): the registry sits in the config layer, beside
+``raysim.config``, which asks it for the knobs of the chosen algorithm. The algorithms (a
+higher layer) register themselves into it; the registry finds the built-in ones the way it
+finds a user's class, by importing a package named by a string (:data:`BUILTIN_PACKAGE`),
+and checks a class by its interface, never by importing the algorithms' code.
+
+A user algorithm needs no file in raysim: ``algorithm.name = "pkg.module:Class"`` (or
+``"path/to/file.py:Class"``) names it by import string (:mod:`raysim.plugins`: the module must
+be importable wherever the run executes, the driver and, with the Ray backend, the actors'
+worker processes); it is registered under that string.
 
 This module imports no torch, so the configuration can ask it for the knobs of an
 algorithm cheaply once the algorithm modules are loaded.
@@ -25,8 +31,12 @@ from typing import Any
 #: name -> algorithm class, filled by :func:`register` (the built-ins on first use)
 REGISTRY: dict[str, type] = {}
 _builtins_loaded = False
-#: modules of the package that hold no algorithm
-_NOT_ALGORITHMS = {"base", "local", "registry"}
+#: the package whose modules are the built-in algorithms (imported by name at the first lookup)
+BUILTIN_PACKAGE = "raysim.algorithms"
+#: modules of that package that hold no algorithm
+_NOT_ALGORITHMS = {"base", "local"}
+#: the methods the engine calls on an algorithm (raysim.algorithms.base.Algorithm)
+INTERFACE = ("init_state", "broadcast", "client_update", "server_update", "deployed", "comm_bytes")
 
 
 def register(name: str):
@@ -52,11 +62,12 @@ def register(name: str):
 
 
 def _check_class(cls: Any, name: str) -> None:
-    from raysim.algorithms.base import Algorithm
     from raysim.config import AlgorithmSection
 
-    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-        raise TypeError(f"algorithm {name!r}: {cls!r} is not a subclass of raysim.algorithms.Algorithm")
+    missing = [m for m in INTERFACE if not callable(getattr(cls, m, None))]
+    if not isinstance(cls, type) or missing:
+        raise TypeError(f"algorithm {name!r}: {cls!r} is not a subclass of raysim.algorithms.Algorithm"
+                        + (f" (it lacks {', '.join(missing)})" if isinstance(cls, type) else ""))
     params = getattr(cls, "Params", None)
     if not (isinstance(params, type) and issubclass(params, AlgorithmSection)):
         raise TypeError(f"algorithm {name!r}: {cls.__qualname__}.Params must be a subclass of "
@@ -73,10 +84,10 @@ def load_builtins() -> None:
     global _builtins_loaded
     if _builtins_loaded:
         return
-    pkg = importlib.import_module("raysim.algorithms")
+    pkg = importlib.import_module(BUILTIN_PACKAGE)
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in _NOT_ALGORITHMS and not mod.name.startswith("_"):
-            importlib.import_module(f"raysim.algorithms.{mod.name}")
+            importlib.import_module(f"{BUILTIN_PACKAGE}.{mod.name}")
     _builtins_loaded = True
 
 
@@ -84,19 +95,20 @@ def is_import_string(name: str) -> bool:
     return ":" in name
 
 
+def canonical_name(name: Any) -> str:
+    """``algorithm.name`` as the config keeps it: a registered name as is; a class (from Python)
+    turned into its import string; a file import string with its path made absolute, so every
+    process of a run loads the same file (:mod:`raysim.plugins`)."""
+    from raysim.plugins import import_string_of, pin
+
+    name = import_string_of(name, "algorithm.name")
+    return pin(name, "algorithm.name") if is_import_string(name) else name
+
+
 def _import_plugin(spec: str) -> type:
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise ValueError(f"algorithm.name = {spec!r}: an import string is 'package.module:ClassName'")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ValueError(f"algorithm.name = {spec!r}: cannot import module {mod_name!r} ({exc}); the module must be "
-                         "importable (on sys.path / PYTHONPATH, or an installed package)") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"algorithm.name = {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    from raysim.plugins import resolve
+
+    obj = resolve(spec, "algorithm.name")      # PluginError (a ValueError) with the fix
     try:
         _check_class(obj, spec)
     except TypeError as exc:
@@ -105,7 +117,8 @@ def _import_plugin(spec: str) -> type:
 
 
 def algorithm_class(name: str) -> type:
-    """The class of ``algorithm.name``: a registered name or a ``"pkg.module:Class"`` import string."""
+    """The class of ``algorithm.name``: a registered name or an import string,
+    ``"package.module:Class"`` or ``"path/to/file.py:Class"``."""
     load_builtins()
     if name in REGISTRY:
         return REGISTRY[name]
@@ -117,7 +130,8 @@ def algorithm_class(name: str) -> type:
 
     hint = difflib.get_close_matches(name, list(REGISTRY), n=1)
     raise ValueError(f"unknown algorithm {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                     + f"; known: {', '.join(names())}, or 'package.module:ClassName' for your own class")
+                     + f"; known: {', '.join(names())}, or 'package.module:ClassName' / 'path/to/file.py:ClassName' "
+                     "for your own class")
 
 
 def names() -> list[str]:

@@ -1,0 +1,92 @@
+"""Several runs' client steps in one vectorised pass (the warm pools' batched trials) give each
+run exactly the partial it computes alone; runs that cannot share a pass are trained alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raysim.config import load_config
+from raysim.data.participation import build_participation
+from raysim.engine import ClientCohort, ServerCore, train_many
+
+SMALL = ["data.p=40", "data.n_clients=30", "data.n_per_client=12", "data.n_min=3", "data.sigma_q=0.8",
+         "data.test_samples=200", "algorithm.rho=0.2", "data.rho_true=0.2", "algorithm.batch_size=5",
+         "participation.rate=0.4", "run.rounds=4"]
+
+
+def _cfg(*extra: str):
+    return load_config(None, [*SMALL, *extra])
+
+
+def _setup(cfgs):
+    base = ClientCohort(cfgs[0], np.arange(0, 30, 2))       # one actor's half of the clients
+    views = [ClientCohort.sharing(c, base) for c in cfgs]
+    server = ServerCore(cfgs[0])
+    cores = [ServerCore(c, share=server) for c in cfgs]
+    part = build_participation(cfgs[0].participation, 30, cfgs[0].run.seed)
+    return base, views, cores, part
+
+
+def _mine(part, step, base):
+    sel = part.select(step).reporting
+    return sel[np.isin(sel, base.ids)]
+
+
+def _same(a, b):
+    a = a if isinstance(a, list) else [a]
+    b = b if isinstance(b, list) else [b]
+    assert len(a) == len(b)
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(p.client_ids, q.client_ids)
+        assert p.weight == pytest.approx(q.weight, rel=1e-12)
+        np.testing.assert_allclose(p.client_loss, q.client_loss, rtol=1e-6, atol=1e-7)
+        for k in p.sums:
+            np.testing.assert_allclose(p.sums[k], q.sums[k], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_flops_steps_equal_solo_steps_across_runs_at_different_steps():
+    cfgs = [_cfg(f"algorithm.eta_theta={e}", f"algorithm.eta_phi={e * 3}") for e in (0.01, 0.05, 0.2)]
+    cfgs.append(_cfg("algorithm.weighting='uniform'", "algorithm.name='flops-ent'"))
+    base, views, cores, part = _setup(cfgs)
+    # advance the runs by different numbers of steps, so they differ in state and in step
+    for lag, core in zip((0, 1, 2, 3), cores):
+        for step in range(lag):
+            core.apply(step, 0, [])
+    payloads = [c.payload() for c in cores]
+    steps = [(v, c.step, pay, _mine(part, c.step, base), None) for v, c, pay in zip(views, cores, payloads)]
+    fused = train_many(steps)
+    assert views[0].comp.algo.fuse_key() == views[1].comp.algo.fuse_key()     # one pass for these
+    for (v, step, pay, ids, work), got in zip(steps, fused):
+        _same(got, v.train(step, pay, ids, work))
+
+
+def test_stragglers_and_pass_limits_and_unfusable_runs():
+    cfgs = [_cfg("cluster.max_batch_clients=6", f"algorithm.eta_theta={e}") for e in (0.01, 0.05)]
+    cfgs.append(_cfg("cluster.max_batch_clients=6", "algorithm.batch_size=3"))   # other mini-batch size
+    cfgs.append(_cfg("cluster.max_batch_clients=6", "algorithm.name='fedavg'"))  # no fused form
+    base, views, cores, part = _setup(cfgs)
+    assert views[2].comp.algo.fuse_key() != views[0].comp.algo.fuse_key()
+    assert views[3].comp.algo.fuse_key() is None
+    ids = base.ids[:5]
+    work = np.array([1.0, 0.5, 0.2, 1.0, 0.7])
+    steps = [(v, 0, c.payload(), ids, work) for v, c in zip(views, cores)]
+    for (v, step, pay, i, w), got in zip(steps, train_many(steps)):
+        assert not isinstance(got, BaseException), got
+        _same(got, v.train(step, pay, i, w))
+    # more clients than max_batch_clients in one run: trained alone, in several passes
+    many = base.ids[:9]
+    got = train_many([(views[0], 0, cores[0].payload(), many, None)])[0]
+    assert isinstance(got, list) and len(got) == 2
+    _same(got, views[0].train(0, cores[0].payload(), many, None))
+
+
+def test_a_bad_run_in_a_fused_pass_fails_alone():
+    cfgs = [_cfg(f"algorithm.eta_theta={e}") for e in (0.01, 0.05)]
+    base, views, cores, part = _setup(cfgs)
+    ids = base.ids[:4]
+    good = cores[0].payload()
+    bad = {"theta": good["theta"][:-3], "phi": good["phi"]}           # a malformed payload
+    out = train_many([(views[0], 0, good, ids, None), (views[1], 0, bad, ids, None)])
+    assert isinstance(out[1], BaseException)
+    _same(out[0], views[0].train(0, good, ids, None))
