@@ -255,6 +255,18 @@ class AlgorithmSection(_Section):
     batch_size: int = Field(25, ge=1, description="Client mini-batch size b (min(b, n_k) per client).")
     weighting: Literal["samples", "uniform"] = Field("samples", description="Aggregation weights w_k: n_k / sum n, or 1/|C_t|.")
 
+    def __reduce__(self):
+        # Pickled (to Ray actors, ...) as its name and knobs, rebuilt through the registry in the
+        # receiving process: a user's algorithm loaded from a file lives in a module that only
+        # the registry can find again (by its import string, raysim.plugins).
+        return (_rebuild_params, (self.name, self.model_dump()))
+
+
+def _rebuild_params(name: str, knobs: dict[str, Any]) -> AlgorithmSection:
+    from raysim import registry
+
+    return registry.algorithm_class(name).Params.model_validate(knobs)
+
 
 def _knob_error(loc: tuple[str, ...], value: Any, text: str) -> dict[str, Any]:
     from pydantic_core import PydanticCustomError
