@@ -135,9 +135,12 @@ def algorithm_class(name: str) -> type:
 
 
 def names() -> list[str]:
-    """The built-in algorithm names, in registration order (plug-ins by import string excluded)."""
+    """The built-in algorithm names (plug-ins by import string excluded), family by family: each
+    after the algorithm it is built on."""
     load_builtins()
-    return [n for n in REGISTRY if not is_import_string(n)]
+    out = [n for n in REGISTRY if not is_import_string(n)]
+    chain = {n: built_on(n) for n in out}
+    return sorted(out, key=lambda n: (chain[n][-1], len(chain[n]), n))
 
 
 def knobs(name: str) -> list[str]:

@@ -15,8 +15,10 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-ALGORITHMS = ["flops", "flops-ent", "flops-pa", "flops-pa-ent", "fedavg", "fedavg-prune", "fed-ht", "fediter-ht",
-              "fedprox", "ser", "fedeba"]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from raysim.registry import names  # noqa: E402 - every registered algorithm (docs/algorithms.md section 10)
+
+ALGORITHMS = names()
 METRIC = {"lr": "r2", "lg": "accuracy", "mc": "accuracy", "mlc": "micro_f1"}
 
 

@@ -130,10 +130,10 @@ class FLoPSPA(FLoPS, LocalTraining):
         if agg.weight > 0:
             theta = theta + self.cfg.server_lr * agg.mean["theta"]
             phi = (phi + self.cfg.server_lr * agg.mean["phi"]).clamp(-gates.PHI_LIMIT, gates.PHI_LIMIT)
-        state["tau"] = tau_at(ctx.step, self.tau0, ctx.schedule.tau_end, self.cfg.tau_schedule)
+        # a new state: the one that was broadcast is left as it was
+        state = {**state, "tau": tau_at(ctx.step, self.tau0, ctx.schedule.tau_end, self.cfg.tau_schedule)}
         state = self.dual_and_prune(state, theta, phi, ctx)
-        state.update(_down=down, _up=up)
-        return state
+        return {**state, "_down": down, "_up": up}
 
     def _down_bytes_one(self, state: State) -> int:
         P, p = self.model.P, self.model.p
