@@ -220,3 +220,29 @@ def test_a_user_algorithm_from_a_file_runs_on_ray_actors_as_in_process(ray_sessi
     ray_run = run(load_config(None, ov + ["cluster.num_actors=2", "cluster.num_cpus=0.25", "run.name='ray'"]))
     np.testing.assert_allclose(np.load(ray_run.run_dir / "model.npz")["theta"],
                                np.load(local.run_dir / "model.npz")["theta"], rtol=1e-5, atol=1e-7)
+
+
+def test_compare_and_tuning_apply_each_algorithm_only_its_knobs(tmp_path):
+    """A comparison's shared [algorithm] table: a family's knobs in [algorithm.NAME] reach only
+    the arms built on NAME; a top-level knob one arm lacks is an error naming that arm. A tuning
+    space over another algorithm's knob is refused before any trial runs."""
+    from raysim.compare import load_compare
+    from raysim.tuning.space import check_spec
+    from raysim.tuning.spec import spec_from_dict
+
+    f = tmp_path / "cmp.toml"
+    f.write_text('[compare]\nalgorithms = ["flops-pa", "fedprox", "fedavgm"]\nseeds = [0]\n'
+                 f'out_dir = "{tmp_path / "out"}"\n'
+                 '[algorithm]\nrho = 0.1\n[algorithm.flops]\neta_theta = 0.3\n[algorithm.fedavg]\neta_local = 0.01\n'
+                 '[compare.per_algorithm.fedavgm.algorithm]\nserver_momentum = 0.5\n')
+    _, cfgs = load_compare(f)
+    by = {c.algorithm.name: c.algorithm for c in cfgs}
+    assert by["flops-pa"].eta_theta == 0.3 and not hasattr(by["flops-pa"], "eta_local")
+    assert by["fedprox"].eta_local == 0.01 and by["fedavgm"].eta_local == 0.01
+    assert by["fedavgm"].server_momentum == 0.5
+    with pytest.raises(ConfigError, match=r"(?s)algorithm fedprox.*fedprox has no knob 'eta_theta'"):
+        load_compare(f, ["algorithm.eta_theta=0.2"])
+    spec = spec_from_dict({"study": {"name": "t"}, "scenario": {"algorithm": "fedavg"},
+                           "space": {"algorithm.eta_theta": {"low": 0.01, "high": 0.1, "log": True}}})
+    with pytest.raises(ConfigError, match="fedavg has no knob 'eta_theta'"):
+        check_spec(spec)
