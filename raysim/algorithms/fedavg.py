@@ -24,9 +24,9 @@ from pydantic import Field
 
 from raysim.algorithms.base import Aggregate, State, StepContext
 from raysim.algorithms.local import LocalSGDParams, LocalTraining, sparse_model_bytes, top_m_mask
-from raysim.registry import register
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
+from raysim.registry import register
 
 
 @register("fedavg")

@@ -24,8 +24,8 @@ from pydantic import Field
 from raysim.algorithms.base import Aggregate, State, StepContext
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.local import LocalSGDParams
-from raysim.registry import register
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
+from raysim.registry import register
 
 
 class FedAvgMParams(LocalSGDParams):

@@ -30,9 +30,9 @@ from pydantic import Field
 from raysim.algorithms.base import Aggregate, State
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.local import LocalSGDParams
-from raysim.registry import register
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
+from raysim.registry import register
 
 
 class FedEBAParams(LocalSGDParams):

@@ -34,10 +34,10 @@ from raysim import defaults, gates
 from raysim import rng as rngmod
 from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights,
                                     minibatch, partial_work_mask)
-from raysim.registry import register
 from raysim.config import AlgorithmSection
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import tensor_bytes
+from raysim.registry import register
 
 
 class FLoPSParams(AlgorithmSection):

@@ -40,9 +40,9 @@ from raysim import rng as rngmod
 from raysim.algorithms.base import Aggregate, Partial, State, StepContext, client_weights
 from raysim.algorithms.flops import DEFAULT_TAU0, FLoPS, FLoPSParams, tau_at
 from raysim.algorithms.local import LOCAL_STRIDE, LocalTraining, RoundParams
-from raysim.registry import register
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
+from raysim.registry import register
 
 
 class FLoPSPAParams(FLoPSParams, RoundParams):

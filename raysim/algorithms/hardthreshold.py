@@ -20,9 +20,9 @@ from __future__ import annotations
 from raysim.algorithms.base import Aggregate, State, StepContext
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.local import hard_threshold, sparse_model_bytes
-from raysim.registry import register
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import FLOAT_BYTES, tensor_bytes
+from raysim.registry import register
 
 
 @register("fed-ht")

@@ -21,8 +21,8 @@ from typing import Literal
 from pydantic import Field
 
 from raysim.algorithms.fedavg import FedAvg, FedProxParams
-from raysim.registry import register
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
+from raysim.registry import register
 
 
 def sign_entropy(g: torch.Tensor, kappa: float) -> torch.Tensor:
