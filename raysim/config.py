@@ -250,7 +250,8 @@ class AlgorithmSection(_Section):
 
     name: str = Field(
         "flops", description="Algorithm: a registered name (raysim config --doc lists them with their knobs) or "
-                             "'package.module:ClassName', your own subclass of raysim.algorithms.Algorithm.")
+                             "'package.module:ClassName' / 'path/to/file.py:ClassName', your own subclass of "
+                             "raysim.algorithms.Algorithm (docs/algorithms.md section 10).")
     rho: float = Field(0.05, gt=0, le=1, description="Target density; m = floor(rho * p) non-zeros at most.")
     batch_size: int = Field(25, ge=1, description="Client mini-batch size b (min(b, n_k) per client).")
     weighting: Literal["samples", "uniform"] = Field("samples", description="Aggregation weights w_k: n_k / sum n, or 1/|C_t|.")
