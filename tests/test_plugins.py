@@ -429,7 +429,7 @@ def test_plugins_on_a_warm_pool_match_solo_runs(ray_session, tmp_path):
     """Runs on one warm pool (their data and user model built once per actor, the runs batched
     in the same actor calls; the two FLoPS runs fused into one vectorised pass) give the
     metrics of in-process solo runs."""
-    from raysim.cluster.parallel import run_many
+    from raysim.many import run_many
 
     cfg, keys = _small(tmp_path, **{"run.rounds": 3})
     variants = [("flops", 1.0), ("flops", 0.5), ("fed-ht", None)]
