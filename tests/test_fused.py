@@ -90,3 +90,27 @@ def test_a_bad_run_in_a_fused_pass_fails_alone():
     out = train_many([(views[0], 0, good, ids, None), (views[1], 0, bad, ids, None)])
     assert isinstance(out[1], BaseException)
     _same(out[0], views[0].train(0, good, ids, None))
+
+
+def test_a_subclass_with_its_own_client_step_is_never_fused():
+    """The fused pass computes FLoPS's client step: a subclass that overrides client_update
+    (a user algorithm) is trained alone, with its own step."""
+    from raysim.algorithms.flops import FLoPS
+
+    class Doubled(FLoPS):
+        def client_update(self, payload, data, idx, ctx, work=None):
+            part = super().client_update(payload, data, idx, ctx, work)
+            part.sums = {k: 2 * v for k, v in part.sums.items()}
+            return part
+
+    cfgs = [_cfg(), _cfg()]
+    base, views, cores, part = _setup(cfgs)
+    algo = views[1].comp.algo
+    views[1].comp.algo = Doubled(algo.cfg, algo.model, algo.schedule)
+    assert views[1].comp.algo.fuse_key() is None and views[0].comp.algo.fuse_key() is not None
+    ids = base.ids[:4]
+    pay = cores[0].payload()
+    out = train_many([(views[0], 0, pay, ids, None), (views[1], 0, pay, ids, None)])
+    for k in out[0].sums:
+        np.testing.assert_allclose(out[1].sums[k], 2 * out[0].sums[k], rtol=1e-6)
+

@@ -432,9 +432,9 @@ def test_plugins_on_a_warm_pool_match_solo_runs(ray_session, tmp_path):
     from raysim.many import run_many
 
     cfg, keys = _small(tmp_path, **{"run.rounds": 3})
-    variants = [("flops", 1.0), ("flops", 0.5), ("fed-ht", None)]
-    cfgs = [raysim.load_config(cfg, keys, algorithm__name=a, algorithm__eta_theta=eta, run__name=f"warm-{i}")
-            for i, (a, eta) in enumerate(variants)]
+    variants = [("flops", {"algorithm__eta_theta": 1.0}), ("flops", {"algorithm__eta_theta": 0.5}), ("fed-ht", {})]
+    cfgs = [raysim.load_config(cfg, keys, algorithm__name=a, run__name=f"warm-{i}", **knobs)
+            for i, (a, knobs) in enumerate(variants)]
     warm = run_many(cfgs, max_parallel=3, progress=False, warm=True)
     for i, (c, w) in enumerate(zip(cfgs, warm)):
         solo = raysim.run(c, cluster__backend="local", run__name=f"solo-{i}")

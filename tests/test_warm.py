@@ -151,17 +151,22 @@ def test_killed_pool_actor_is_rebuilt_with_the_same_metrics(cold_runs, tmp_path)
         assert_same_metrics(c.metrics, w.metrics)
 
 
-def test_a_failing_run_leaves_its_batch_mates_alone(cold_runs, tmp_path):
+def test_a_failing_run_leaves_its_batch_mates_alone(cold_runs, tmp_path, monkeypatch):
     """A run whose client update raises fails alone; the run batched with it is unaffected."""
     from raysim.many import RunFailed, run_many
 
+    # a user algorithm (a file plug-in) whose client step raises in the actors, in the same
+    # Ray call that trains the good run's clients
+    (tmp_path / "broken_algo.py").write_text(
+        "from raysim.algorithms.flops import FLoPS\n"
+        "class Broken(FLoPS):\n"
+        "    def client_update(self, payload, data, idx, ctx, work=None):\n"
+        "        raise RuntimeError('client step broken on purpose')\n")
+    monkeypatch.chdir(tmp_path)
     good = _cfg(tmp_path / "good", f"algorithm.eta_theta={ETAS[0]}")
-    # a negative batch size slips past validation (model_copy) and raises in the actors'
-    # mini-batch draw, in the same Ray call that trains the good run's clients
-    bad = _cfg(tmp_path / "bad", f"algorithm.eta_theta={ETAS[1]}")
-    bad = bad.model_copy(update={"algorithm": bad.algorithm.model_copy(update={"batch_size": -5})})
+    bad = _cfg(tmp_path / "bad", "algorithm.name='broken_algo.py:Broken'", f"algorithm.eta_theta={ETAS[1]}")
     res = run_many([good, bad], max_parallel=2, progress=False)
-    assert isinstance(res[1], RunFailed) and "minibatch" in str(res[1]), res[1]
+    assert isinstance(res[1], RunFailed) and "broken on purpose" in str(res[1]), res[1]
     assert not isinstance(res[0], Exception)
     assert_same_metrics(cold_runs[0].metrics, res[0].metrics)
 

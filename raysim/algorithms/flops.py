@@ -144,8 +144,13 @@ class FLoPS(Algorithm):
 
     def fuse_key(self) -> tuple | None:
         """Runs whose client steps can share one vectorised pass (same model object and
-        mini-batch size, same gate family): see :meth:`client_update_many`."""
-        return (FLoPS.client_update_many, id(self.model), self.cfg.batch_size, self.gp)
+        mini-batch size, same gate family): see :meth:`client_update_many`. A subclass with
+        its own ``client_update`` (and not its own ``client_update_many``) is trained alone:
+        the fused pass computes FLoPS's client step, not the subclass's."""
+        cls = type(self)
+        if cls.client_update is not FLoPS.client_update and cls.client_update_many is FLoPS.client_update_many:
+            return None
+        return (cls.client_update_many, id(self.model), self.cfg.batch_size, self.gp)
 
     @staticmethod
     def client_update_many(jobs: list[tuple]) -> list[Partial]:

@@ -86,7 +86,9 @@ def init_ray_for(cfgs: Sequence[Config], max_parallel: int | None = None) -> boo
         per_run = max((run_cpus(c) for c in cfgs), default=1.0)
         k = max_parallel or 1
         quiet_local_ray()
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(per_run * k)), include_dashboard=False, **kw)
+        from raysim.cluster.driver import LOCAL_INIT
+
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(per_run * k)), **LOCAL_INIT, **kw)
     return True
 
 
