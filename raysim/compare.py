@@ -100,7 +100,7 @@ def load_plan(path: str | Path, overrides: list[str] | None = None,
     return spec, Plan(name, out, cells, spec["max_parallel"])
 
 
-def collect(spec: dict[str, Any], cells: list[Cell]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(cells: list[Cell]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(final metrics per run, metrics.csv rows of all runs) from the run directories
     (:mod:`raysim.experiments.collect`).
 
@@ -189,13 +189,6 @@ def markdown_table(table: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan(path: str | Path, overrides: list[str] | None = None,
-         out_dir: str | None = None) -> tuple[dict[str, Any], list[Config]]:
-    """The comparison's spec and run configs, with ``out_dir`` (--out) applied."""
-    spec, p = load_plan(path, overrides, out_dir)
-    return spec, [c.cfg for c in p.cells]
-
-
 def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str | None = None,
             max_parallel: int | None = None, progress: bool = True, warm: bool = True) -> tuple[pd.DataFrame, Path]:
     """Run a comparison file and write its table and plots; returns (table, output folder).
@@ -215,7 +208,7 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
               f"-> {out}", flush=True)
     # a comparison owns its run folders: running it again replaces them (one run never mixes with another)
     run_cells(p.cells, max_parallel or spec["max_parallel"], progress, warm=warm, resume=False)
-    finals, curves = collect(spec, p.cells)
+    finals, curves = collect(p.cells)
     task = cfgs[0].data.task
     metric = TEST_METRIC.get(task, "accuracy")
     table = summary_table(finals, spec["algorithms"])
@@ -252,7 +245,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     overrides = overrides_of(args)
     if args.dry_run:
-        spec, cfgs = plan(args.config, overrides, args.out)
+        spec, p = load_plan(args.config, overrides, args.out)
+        cfgs = [c.cfg for c in p.cells]
         c0 = cfgs[0]
         print(f"would run {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) of "
               f"task {c0.data.task}, {c0.data.n_clients} clients, {c0.run.rounds} rounds, "

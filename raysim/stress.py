@@ -51,7 +51,7 @@ import copy
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,24 +61,23 @@ from raysim.commands import command
 from raysim.config import ConfigError, _deep_merge, read_toml, set_dotted, validate
 from raysim.experiments.cli import add_experiment_options, overrides_of
 from raysim.experiments.collect import finals
-from raysim.experiments.plan import Cell, cell_done, fmt_value, mark, run_cells, slug
+from raysim.experiments.plan import Cell, Plan, cell_done, fmt_value, mark, run_cells, slug
 
 _STRESS_KEYS = {"name", "base", "out_dir", "algorithms", "seeds", "metric", "diff", "max_parallel", "axes"}
 
 
-@dataclass
-class Grid:
-    name: str
-    out_dir: Path
+@dataclass(kw_only=True)
+class Grid(Plan):
+    """A grid file: the plan of its cells (``name``, ``out_dir``, ``cells``, ``max_parallel``)
+    and what they were expanded from (the base scenario, the axes, the labelled algorithms)."""
+
     base: dict[str, Any]
     axes: dict[str, list[Any]]
     algorithms: dict[str, dict[str, Any]]
     seeds: list[int]
     metric: str | None
     diff: tuple[str, str] | None
-    max_parallel: int | None
     source: Path
-    cells: list[Cell] = field(default_factory=list)
 
 
 def _algorithm_names() -> tuple[str, ...]:
@@ -158,8 +157,9 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
         if len(diff) != 2 or any(d not in algorithms for d in diff):
             raise ConfigError(f"{path}: stress.diff = {diff!r} must name two of the algorithms {labels}")
         diff = (str(diff[0]), str(diff[1]))
-    grid = Grid(name, out_dir, base, {k: list(v) for k, v in axes.items()}, algorithms, seeds,
-                spec.get("metric"), diff, spec.get("max_parallel"), path)
+    grid = Grid(name=name, out_dir=out_dir, max_parallel=spec.get("max_parallel"), base=base,
+                axes={k: list(v) for k, v in axes.items()}, algorithms=algorithms, seeds=seeds,
+                metric=spec.get("metric"), diff=diff, source=path)
     grid.cells = _expand(grid)
     return grid
 
