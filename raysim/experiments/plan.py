@@ -64,11 +64,6 @@ class Plan:
     max_parallel: int | None = None
 
 
-def with_run(cfg: Config, **run: Any) -> Config:
-    """``cfg`` with some ``[run]`` settings replaced (run_dir, name, progress, ...)."""
-    return cfg.model_copy(update={"run": cfg.run.model_copy(update=run)})
-
-
 def is_done(cfg: Config, run_dir: str | Path | None = None) -> bool:
     """True when ``run_dir`` (default ``cfg.run.run_dir``) holds a finished run (a readable
     ``summary.json``) of a configuration with the fingerprint of ``cfg``."""
