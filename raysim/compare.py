@@ -20,7 +20,9 @@ sub-tables, which apply only to the arms built on that algorithm (docs/algorithm
 Every (algorithm, seed) pair is one full raysim run; they run side by side
 (:func:`raysim.many.run_many`: on warm pools of actors, or each with its server and client
 actors reserved up front with ``--cold``, or one after the other in this process with
-``cluster.backend = "local"``). The output folder holds::
+``cluster.backend = "local"``). The runs are the cells of a plan
+(``raysim.experiments``: plan, collect, plots, shared options; docs/architecture.md,
+"Experiments"); this module holds the comparison file and its tables. The output folder holds::
 
     runs/<algorithm>-s<seed>/   the run directories
     table.csv, table.md         mean and standard deviation over seeds of the final metrics
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 from pathlib import Path
@@ -45,6 +46,8 @@ import pandas as pd
 
 from raysim.commands import command
 from raysim.config import Config, ConfigError, _deep_merge, apply_overrides, read_toml, validate
+from raysim.experiments.cli import add_experiment_options, overrides_of
+from raysim.experiments.plan import FAILED, Cell, Plan, run_cells
 
 #: final metrics of the table (those a run does not have are left out)
 TABLE_METRICS = ["density", "nnz", "tdr", "tpr", "f1", "tdr_weight", "r2", "mse", "accuracy", "log_loss", "auc",
@@ -54,6 +57,15 @@ TABLE_METRICS = ["density", "nnz", "tdr", "tpr", "f1", "tdr_weight", "r2", "mse"
 
 def load_compare(path: str | Path, overrides: list[str] | None = None) -> tuple[dict[str, Any], list[Config]]:
     """Read a comparison file: the ``[compare]`` table and the config of every run."""
+    spec, plan_ = load_plan(path, overrides)
+    return spec, [c.cfg for c in plan_.cells]
+
+
+def load_plan(path: str | Path, overrides: list[str] | None = None,
+              out_dir: str | Path | None = None) -> tuple[dict[str, Any], Plan]:
+    """Read a comparison file into its spec and a :class:`raysim.experiments.plan.Plan`: one
+    cell per (algorithm, seed), run directory ``<out_dir>/runs/<algorithm>-s<seed>``.
+    ``out_dir`` (``--out``) replaces ``compare.out_dir``."""
     data = apply_overrides(read_toml(path), overrides)
     spec = data.pop("compare", None)
     if not isinstance(spec, dict):
@@ -74,54 +86,42 @@ def load_compare(path: str | Path, overrides: list[str] | None = None) -> tuple[
         if a not in algos:
             raise ConfigError(f"{path}: compare.per_algorithm.{a} names an algorithm that is not in compare.algorithms")
     name = spec.get("name") or Path(path).stem
-    out_dir = Path(spec.get("out_dir") or Path("results") / "compare" / name)
-    cfgs = []
+    out = Path(out_dir if out_dir is not None else (spec.get("out_dir") or Path("results") / "compare" / name))
+    cells = []
     for a in algos:
         for s in seeds:
             d = _deep_merge(copy.deepcopy(data), per_algo.get(a, {}))
             d.setdefault("algorithm", {})["name"] = a
-            run = d.setdefault("run", {})
-            run.update(seed=s, name=f"{a}-s{s}", run_dir=str(out_dir / "runs" / f"{a}-s{s}"), progress=False)
-            cfgs.append(validate(d, source=f"{path} (algorithm {a}, seed {s})"))
-    spec = {"name": name, "algorithms": algos, "seeds": seeds, "out_dir": out_dir,
+            run_dir = out / "runs" / f"{a}-s{s}"
+            d.setdefault("run", {}).update(seed=s, name=f"{a}-s{s}", run_dir=str(run_dir), progress=False)
+            cells.append(Cell(a, s, validate(d, source=f"{path} (algorithm {a}, seed {s})"), run_dir))
+    spec = {"name": name, "algorithms": algos, "seeds": seeds, "out_dir": out,
             "max_parallel": spec.get("max_parallel")}
-    return spec, cfgs
+    return spec, Plan(name, out, cells, spec["max_parallel"])
 
 
-def run_all(cfgs: list[Config], max_parallel: int | None, progress: bool = True, warm: bool = True) -> list[Any]:
-    """Every run, in parallel (``raysim.many.run_many``: warm pools, or one placement group per
-    run with ``warm=False``, or in this process with ``cluster.backend = "local"``)."""
-    from raysim.many import run_many
-
-    return run_many(cfgs, max_parallel=max_parallel, progress=progress, warm=warm)
-
-
-def collect(spec: dict[str, Any], cfgs: list[Config], results: list[Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(final metrics per run, metrics.csv rows of all runs) from the run directories.
+def collect(cells: list[Cell]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(final metrics per run, metrics.csv rows of all runs) from the run directories
+    (:mod:`raysim.experiments.collect`).
 
     Every run has a row with its ``status`` (``raysim.outcome``: ok, diverged, empty_model,
     no_participation, or failed for a run that raised)."""
-    from raysim.outcome import FAILED, status_of
+    from raysim.experiments import collect as col
 
-    finals, curves = [], []
-    for cfg, res in zip(cfgs, results):
-        run_dir = Path(cfg.run.run_dir)
-        if isinstance(res, Exception) or not (run_dir / "summary.json").exists():
-            print(f"raysim compare: run {cfg.run.name} failed: {res}")
-            finals.append({"algorithm": cfg.algorithm.name, "seed": cfg.run.seed, "status": FAILED,
-                           "error": str(res).splitlines()[0][:300] if str(res) else type(res).__name__})
-            continue
-        summary = json.loads((run_dir / "summary.json").read_text())
-        row = {"algorithm": cfg.algorithm.name, "seed": cfg.run.seed, "status": status_of(summary),
-               **{k: v for k, v in summary["final"].items() if k != "status"}, "wall_s": summary.get("wall_s")}
-        finals.append(row)
-        df = pd.read_csv(run_dir / "metrics.csv")
-        df.insert(0, "seed", cfg.run.seed)
-        df.insert(0, "algorithm", cfg.algorithm.name)
-        curves.append(df)
-    if not curves:
+    finals = col.finals(cells)
+    for c, r in zip(cells, finals.itertuples()):
+        if r.outcome == "failed":
+            print(f"raysim compare: run {c.name} failed: {c.error or 'no summary.json'}")
+    curves = col.curves(cells)
+    if curves.empty:
         raise RuntimeError("every run of the comparison failed")
-    return pd.DataFrame(finals), pd.concat(curves, ignore_index=True)
+    # runs.csv: algorithm, seed, status (the run's outcome), the final metrics, wall_s, error (if any failed)
+    finals = finals.drop(columns=["status", "run_dir"]).rename(columns={"outcome": "status"})
+    failed = finals["status"] == "failed"
+    finals["error"] = [str(e)[:300] if f else None for e, f in zip(finals["error"], failed)]
+    cols = ["algorithm", "seed", "status"] + [c for c in finals if c not in ("algorithm", "seed", "status", "wall_s",
+                                                                             "error")] + ["wall_s"]
+    return finals[cols + (["error"] if failed.any() else [])], curves
 
 
 def _status_text(statuses: pd.Series) -> str:
@@ -189,63 +189,6 @@ def markdown_table(table: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str], fmt: str = "png") -> list[Path]:
-    """Test metric and TDR against rounds and cumulative bytes: mean over seeds, one line per
-    algorithm in its own colour, line style and marker (:func:`raysim.plotstyle.algo_style`)."""
-    from raysim.plotstyle import style
-
-    with style():
-        return _plot_curves(curves, out_dir, metric, order, fmt)
-
-
-def _plot_curves(curves: pd.DataFrame, out_dir: Path, metric: str, order: list[str], fmt: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    from raysim.plotstyle import algo_style, markevery, save
-
-    curves = curves.copy()
-    curves["cum_bytes"] = curves["cum_bytes_up"] + curves["cum_bytes_down"]
-    n_seeds = curves.groupby("algorithm")["seed"].nunique()
-    paths = []
-    for col in (metric, "tdr"):
-        if col not in curves or curves[col].isna().all():
-            continue
-        for xcol, xlabel, suffix in (("round", "round", "rounds"), ("cum_bytes", "cumulative bytes (up + down)", "bytes")):
-            fig, ax = plt.subplots(figsize=(6.5, 4.2))
-            for i, algo in enumerate(order):
-                d = curves[curves["algorithm"] == algo]
-                if d.empty:
-                    continue
-                g = d.groupby("round").agg(x=(xcol, "mean"), y=(col, "mean"), s=(col, "std")).dropna(subset=["y"])
-                st = algo_style(algo)
-                ax.plot(g["x"], g["y"], label=algo, markevery=markevery(len(g), 8, i, len(order)), **st)
-                ax.fill_between(g["x"], g["y"] - g["s"].fillna(0), g["y"] + g["s"].fillna(0),
-                                color=st["color"], alpha=0.12, lw=0)
-            if xcol == "cum_bytes":
-                ax.set_xscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(col)
-            seeds = sorted(set(n_seeds.reindex(order).dropna().astype(int)))
-            ax.set_title(f"{col} of the deployed model (mean ± std over "
-                         f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''})")
-            ax.legend(ncol=2, loc="best")
-            fig.tight_layout()
-            paths.append(save(fig, out_dir / f"{col}_{suffix}.png", fmt))
-    return paths
-
-
-def plan(path: str | Path, overrides: list[str] | None = None,
-         out_dir: str | None = None) -> tuple[dict[str, Any], list[Config]]:
-    """The comparison's spec and run configs, with ``out_dir`` (--out) applied."""
-    spec, cfgs = load_compare(path, overrides)
-    if out_dir is not None:
-        new = Path(out_dir)
-        cfgs = [c.model_copy(update={"run": c.run.model_copy(update={
-            "run_dir": str(new / "runs" / Path(c.run.run_dir).name)})}) for c in cfgs]
-        spec["out_dir"] = new
-    return spec, cfgs
-
-
 def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str | None = None,
             max_parallel: int | None = None, progress: bool = True, warm: bool = True) -> tuple[pd.DataFrame, Path]:
     """Run a comparison file and write its table and plots; returns (table, output folder).
@@ -254,22 +197,18 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
     pool of actors (``raysim.cluster.warm``); ``False``: every run with fresh actors."""
     from raysim.metrics import TEST_METRIC
 
-    spec, cfgs = plan(path, overrides, out_dir)
+    spec, p = load_plan(path, overrides, out_dir)
+    cfgs = [c.cfg for c in p.cells]
     out = Path(spec["out_dir"])
     if out.exists() and not out.is_dir():
         raise ConfigError(f"compare output {out} is a file; give --out (compare.out_dir) a folder")
     out.mkdir(parents=True, exist_ok=True)
-    # a comparison owns its run folders: running it again replaces them (one run never mixes with another)
-    import shutil
-
-    for c in cfgs:
-        if Path(c.run.run_dir).is_dir():
-            shutil.rmtree(c.run.run_dir)
     if progress:
         print(f"raysim compare: {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) "
               f"-> {out}", flush=True)
-    results = run_all(cfgs, max_parallel or spec["max_parallel"], progress, warm=warm)
-    finals, curves = collect(spec, cfgs, results)
+    # a comparison owns its run folders: running it again replaces them (one run never mixes with another)
+    run_cells(p.cells, max_parallel or spec["max_parallel"], progress, warm=warm, resume=False)
+    finals, curves = collect(p.cells)
     task = cfgs[0].data.task
     metric = TEST_METRIC.get(task, "accuracy")
     table = summary_table(finals, spec["algorithms"])
@@ -280,8 +219,10 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
     title = (f"{spec['name']}: task {task}, p = {c0.data.p}, rho = {c0.algorithm.rho}, {c0.data.n_clients} clients, "
              f"{c0.run.rounds} rounds, seeds {', '.join(map(str, spec['seeds']))}")
     (out / "table.md").write_text(markdown_table(table, title))
+    from raysim.experiments.plots import plot_curves
+
     plot_curves(curves, out, metric, spec["algorithms"], c0.run.plot_format)
-    failed = [c.run.name for c, r in zip(cfgs, results) if isinstance(r, Exception)]
+    failed = [c.name for c in p.cells if c.status == FAILED]
     if failed:
         print(f"raysim compare: {len(failed)} run(s) failed: {', '.join(failed)}")
     return table, out
@@ -289,28 +230,23 @@ def compare(path: str | Path, overrides: list[str] | None = None, out_dir: str |
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="comparison TOML: a run config plus a [compare] table (algorithms, seeds)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value for every run, e.g. --set run.rounds=50 (repeatable)")
-    p.add_argument("--out", help="output folder (default: compare.out_dir)")
-    p.add_argument("--max-parallel", type=int, default=None, help="runs at once (default: compare.max_parallel)")
-    p.add_argument("--cold", action="store_true",
-                   help="every run with fresh actors in its own placement group (default: runs that share their "
-                        "data run batched on a warm pool of actors)")
-    p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
-                   help="file format of the plots (default: run.plot_format of the comparison file)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate the file and list the runs (algorithm, seed, run directory); start nothing")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar or status lines; print the table and the output folder only")
+    add_experiment_options(
+        p, set_help="override a value for every run, e.g. --set run.rounds=50 (repeatable)",
+        out_help="output folder (default: compare.out_dir)",
+        parallel_help="runs at once (default: compare.max_parallel)",
+        plot_help="file format of the plots (default: run.plot_format of the comparison file)",
+        dry_run_help="validate the file and list the runs (algorithm, seed, run directory); start nothing",
+        progress_help="no progress bar or status lines; print the table and the output folder only")
 
 
 @command("compare", "run several algorithms on one scenario over several seeds; write a table and plots")(_compare_args)
 def cmd_compare(args: argparse.Namespace) -> int:
     from raysim.outcome import EXIT_ALL_FAILED, OK
 
-    overrides = list(args.overrides) + ([f"run.plot_format={json.dumps(args.plot_format)}"] if args.plot_format else [])
+    overrides = overrides_of(args)
     if args.dry_run:
-        spec, cfgs = plan(args.config, overrides, args.out)
+        spec, p = load_plan(args.config, overrides, args.out)
+        cfgs = [c.cfg for c in p.cells]
         c0 = cfgs[0]
         print(f"would run {len(cfgs)} runs ({len(spec['algorithms'])} algorithms x {len(spec['seeds'])} seeds) of "
               f"task {c0.data.task}, {c0.data.n_clients} clients, {c0.run.rounds} rounds, "

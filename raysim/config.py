@@ -608,3 +608,30 @@ def dump_toml(cfg: Config, path: str | Path) -> None:
     import tomli_w
 
     Path(path).write_text(tomli_w.dumps(cfg.to_toml_dict()))
+
+
+#: the ``[run]`` keys that decide a run's results; the other ``[run]`` keys are paths, display and
+#: checkpointing, and ``[cluster]`` is the layout, which does not change the metrics
+#: (docs/architecture.md, "Determinism")
+RESULT_RUN_KEYS = ("seed", "rounds", "steps_per_round", "eval_every", "divergence_limit")
+
+
+def fingerprint(cfg: "Config | dict[str, Any]") -> dict[str, Any]:
+    """The part of a configuration that decides its results: every section but ``[cluster]``,
+    and of ``[run]`` only :data:`RESULT_RUN_KEYS` (not the run directory, name, progress,
+    plots or checkpoint interval).
+
+    ``cfg`` is a :class:`Config` or the dict of a run's ``config.toml``; both are normalised by a
+    TOML round trip, so a config and the file written from it give equal fingerprints. The one
+    fingerprint of raysim: a checkpoint is resumed only under the configuration it was written
+    with (``raysim.runner``), and an experiment cell counts as done when its run directory's
+    ``config.toml`` has the cell's fingerprint (``raysim.experiments.plan``;
+    docs/architecture.md, "Experiments").
+    """
+    import tomli_w
+
+    d = cfg.to_toml_dict() if isinstance(cfg, Config) else copy.deepcopy(cfg)
+    d = tomllib.loads(tomli_w.dumps(d))
+    run = d.pop("run", {}) or {}
+    d.pop("cluster", None)
+    return {"run": {k: run[k] for k in RESULT_RUN_KEYS if k in run}, **d}

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from raysim.config import Config, ConfigError, dump_toml, load_config
+from raysim.config import Config, ConfigError, dump_toml, fingerprint, load_config
 from raysim.outcome import divergence
 
 _PLOT_LOCK = threading.Lock()
@@ -325,7 +325,7 @@ def run(cfg: Config, on_eval: Callable[[int, dict[str, Any]], None] | None = Non
                    "written every k rounds when k > 0)")
             raise ConfigError(f"cannot resume {rd}: {why}. To start it again from round 1: "
                               f"raysim run {rd / 'config.toml'} --out {rd} --force")
-        if resumed[0].get("config") != _fingerprint(cfg):
+        if not _same_config(resumed[0].get("config"), cfg):
             raise ConfigError(f"{resumed[1]} was written with a different configuration than "
                               f"{cfg.run.run_dir}/config.toml; resume with the run directory's own config")
     check_run(cfg)  # data files, m > 0, memory: before any folder is made or Ray is started
@@ -405,7 +405,7 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
                 if k and rnd % k == 0 and rnd < total_rounds:
                     ckpt.save(run_dir, rnd, {"sim": sim.state_dict(), "rows": rows, "acc": acc,
                                              "wall_s": time.perf_counter() - t_start,
-                                             "config": _fingerprint(cfg)})
+                                             "config": fingerprint(cfg)})
                 if on_eval is not None and rows and rows[-1] is row:
                     on_eval(rnd, row)
                 bar.update(rnd, row)
@@ -458,12 +458,15 @@ def _run_locked(cfg: Config, run_dir: Path, resumed: Any, on_eval: Any, show: bo
     return RunResult(run_dir, summary, table)
 
 
-def _fingerprint(cfg: Config) -> dict[str, Any]:
-    """The parts of a config that determine the results (not paths, display or the Ray layout)."""
-    d = cfg.to_toml_dict()
-    keep_run = ("seed", "rounds", "steps_per_round", "eval_every")
-    return {"run": {k: v for k, v in d["run"].items() if k in keep_run},
-            **{k: v for k, v in d.items() if k not in ("run", "cluster")}}
+def _same_config(saved: Any, cfg: Config) -> bool:
+    """Whether a checkpoint's recorded fingerprint is that of ``cfg`` (:func:`raysim.config.fingerprint`).
+
+    Checkpoints written before ``run.divergence_limit`` entered the fingerprint lack that key;
+    they are compared without it."""
+    now = fingerprint(cfg)
+    if isinstance(saved, dict) and "divergence_limit" not in (saved.get("run") or {}):
+        now["run"].pop("divergence_limit", None)
+    return saved == now
 
 
 def load_resume_config(run_dir: str | Path) -> Config:

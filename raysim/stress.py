@@ -31,8 +31,11 @@ family go in ``[algorithm.flops]`` / ``[algorithm.fedavg]`` sub-tables, also as 
 Every cell (axis values x algorithm x seed) is one whole raysim run in its own run
 directory ``<out>/runs/<algorithm>/<axis=value,...>/seed=<s>``; the cells run side by side
 on Ray (:func:`raysim.many.run_many`). A cell whose ``summary.json`` exists and
-whose ``config.toml`` matches the cell's resolved configuration (the Ray layout and output
-settings aside) is not run again, so an interrupted grid resumes where it stopped.
+whose ``config.toml`` has the fingerprint of the cell's resolved configuration
+(:func:`raysim.config.fingerprint`: the Ray layout and output settings aside) is not run
+again, so an interrupted grid resumes where it stopped. The cells, the collect step and the
+heatmaps are the experiments layer's (``raysim.experiments``; docs/architecture.md,
+"Experiments"); this module holds the grid file and its outputs.
 
 Outputs in ``<out>``: ``results.csv`` (one tidy row per cell: axes, algorithm, seed, status,
 final metrics and the federation's heterogeneity statistics as ``fed_*`` columns),
@@ -46,51 +49,35 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import re
-import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from raysim.commands import command
-from raysim.config import Config, ConfigError, _deep_merge, read_toml, set_dotted, validate
-
-#: settings of a cell that do not change its results (ignored when deciding to resume)
-_RUN_IGNORED = ("run_dir", "out_dir", "name", "progress", "plots", "plot_format", "checkpoint_every")
+from raysim.config import ConfigError, _deep_merge, read_toml, set_dotted, validate
+from raysim.experiments.cli import add_experiment_options, overrides_of
+from raysim.experiments.collect import finals
+from raysim.experiments.plan import Cell, Plan, cell_done, fmt_value, mark, run_cells, slug
 
 _STRESS_KEYS = {"name", "base", "out_dir", "algorithms", "seeds", "metric", "diff", "max_parallel", "axes"}
 
 
-@dataclass
-class Cell:
-    axes: dict[str, Any]
-    algorithm: str
-    seed: int
-    run_dir: Path
-    cfg: Config
-    status: str = "pending"     # pending | done | ran | failed
-    error: str = ""
+@dataclass(kw_only=True)
+class Grid(Plan):
+    """A grid file: the plan of its cells (``name``, ``out_dir``, ``cells``, ``max_parallel``)
+    and what they were expanded from (the base scenario, the axes, the labelled algorithms)."""
 
-
-@dataclass
-class Grid:
-    name: str
-    out_dir: Path
     base: dict[str, Any]
     axes: dict[str, list[Any]]
     algorithms: dict[str, dict[str, Any]]
     seeds: list[int]
     metric: str | None
     diff: tuple[str, str] | None
-    max_parallel: int | None
     source: Path
-    cells: list[Cell] = field(default_factory=list)
 
 
 def _algorithm_names() -> tuple[str, ...]:
@@ -105,16 +92,6 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any, where: str) -> None:
     if len(key.split(".")) < 2:
         raise ConfigError(f"{where}: {key!r} is not a dotted config key like 'data.h_coef' or 'partition.alpha'")
     set_dotted(d, key, value, where)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", s)
 
 
 def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | None = None) -> Grid:
@@ -180,8 +157,9 @@ def load_grid(path: str | Path, overrides: list[str] | None = None, out: str | N
         if len(diff) != 2 or any(d not in algorithms for d in diff):
             raise ConfigError(f"{path}: stress.diff = {diff!r} must name two of the algorithms {labels}")
         diff = (str(diff[0]), str(diff[1]))
-    grid = Grid(name, out_dir, base, {k: list(v) for k, v in axes.items()}, algorithms, seeds,
-                spec.get("metric"), diff, spec.get("max_parallel"), path)
+    grid = Grid(name=name, out_dir=out_dir, max_parallel=spec.get("max_parallel"), base=base,
+                axes={k: list(v) for k, v in axes.items()}, algorithms=algorithms, seeds=seeds,
+                metric=spec.get("metric"), diff=diff, source=path)
     grid.cells = _expand(grid)
     return grid
 
@@ -201,7 +179,7 @@ def _expand(grid: Grid) -> list[Cell]:
                     _set_dotted(d, k, v, where)
                 for k, v in point.items():
                     _set_dotted(d, k, v, where)
-                rel = Path("runs") / _slug(label) / (_slug(",".join(f"{k}={_fmt(v)}" for k, v in point.items()))
+                rel = Path("runs") / slug(label) / (slug(",".join(f"{k}={fmt_value(v)}" for k, v in point.items()))
                                                      or "base") / f"seed={seed}"
                 run_dir = grid.out_dir / rel
                 _set_dotted(d, "run.seed", seed, where)
@@ -210,70 +188,15 @@ def _expand(grid: Grid) -> list[Cell]:
                 _set_dotted(d, "run.progress", False, where)
                 d.setdefault("run", {}).setdefault("plots", False)
                 cfg = validate(d, source=f"grid {grid.source} ({where})")
-                cells.append(Cell(point, label, seed, run_dir, cfg))
+                cells.append(Cell(label, seed, cfg, run_dir, point))
     return cells
-
-
-# ---- resume ----------------------------------------------------------------------------------------
-
-def _fingerprint(d: dict[str, Any]) -> dict[str, Any]:
-    """A config dict reduced to what decides the results (TOML round-trip normalised)."""
-    import tomli_w
-
-    from raysim.config import tomllib
-
-    d = tomllib.loads(tomli_w.dumps(d))
-    d.pop("cluster", None)
-    run = d.get("run", {})
-    for k in _RUN_IGNORED:
-        run.pop(k, None)
-    return d
-
-
-def cell_done(cell: Cell) -> bool:
-    """True when the cell's run directory holds a finished run of the same configuration."""
-    summ, conf = cell.run_dir / "summary.json", cell.run_dir / "config.toml"
-    if not (summ.is_file() and conf.is_file()):
-        return False
-    try:
-        old = read_toml(conf)
-        json.loads(summ.read_text())
-    except (ConfigError, ValueError):
-        return False
-    return _fingerprint(old) == _fingerprint(cell.cfg.to_toml_dict())
 
 
 # ---- results -----------------------------------------------------------------------------------------
 
-_FED_KEYS = ("label_tv_mean", "label_js_mean", "classes_per_client_mean", "label_entropy_ratio",
-             "size_cv", "size_gini", "size_min", "size_max")
-
-
-def _cell_row(cell: Cell) -> dict[str, Any]:
-    row: dict[str, Any] = {**{k: v for k, v in cell.axes.items()}, "algorithm": cell.algorithm, "seed": cell.seed,
-                           "status": cell.status, "error": cell.error, "run_dir": str(cell.run_dir)}
-    summ = cell.run_dir / "summary.json"
-    row["outcome"] = "failed" if cell.status == "failed" else "unfinished"
-    if cell.status in ("done", "ran") and summ.is_file():
-        from raysim.outcome import status_of
-
-        s = json.loads(summ.read_text())
-        row["outcome"] = status_of(s)      # ok | diverged | empty_model | no_participation
-        row["wall_s"] = s.get("wall_s")
-        for k, v in (s.get("final") or {}).items():
-            if k not in row and k != "status" and not isinstance(v, (list, dict)):
-                row[k] = v
-        fed_path = cell.run_dir / "federation.json"
-        if fed_path.is_file():
-            fed = json.loads(fed_path.read_text())
-            for k in _FED_KEYS:
-                if k in fed:
-                    row[f"fed_{k}"] = fed[k]
-    return row
-
-
 def results_table(grid: Grid) -> pd.DataFrame:
-    return pd.DataFrame([_cell_row(c) for c in grid.cells])
+    """One tidy row per cell (:func:`raysim.experiments.collect.finals` with the ``fed_*`` columns)."""
+    return finals(grid.cells, federation=True)
 
 
 def default_metric(grid: Grid, df: pd.DataFrame) -> str:
@@ -284,153 +207,15 @@ def default_metric(grid: Grid, df: pd.DataFrame) -> str:
     return m
 
 
-def _per_seed(df: pd.DataFrame, axes: list[str], metric: str) -> pd.Series:
-    """``metric`` per (axis 0, axis 1, seed), averaged over any further axes."""
-    d = df.copy()
-    d[metric] = pd.to_numeric(d[metric], errors="coerce")
-    if len(axes) == 1:
-        d["_"] = ""
-        axes = [axes[0], "_"]
-    return d.groupby([axes[0], axes[1], "seed"], dropna=False)[metric].mean()
-
-
-def _pivot(df: pd.DataFrame, axes: list[str], metric: str) -> pd.DataFrame:
-    """Mean of ``metric`` over seeds (and axes beyond the first two): rows axis 0, columns axis 1."""
-    return _spread(_per_seed(df, axes, metric))[0]
-
-
-def _spread(per_seed: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(mean, standard deviation, number of seeds) over seeds as axis-0 x axis-1 tables."""
-    g = per_seed.groupby(level=[0, 1])
-    mean, std, n = (x.unstack(1) for x in (g.mean(), g.std(ddof=1), g.count()))
-    return mean, std.reindex_like(mean), n.reindex_like(mean)
-
-
-def _decimals(vals: np.ndarray) -> int:
-    """One number format per figure: decimals from the largest magnitude (3 significant digits)."""
-    finite = np.abs(vals[np.isfinite(vals)])
-    if finite.size == 0 or finite.max() == 0:
-        return 3
-    return int(min(4, max(0, 2 - math.floor(math.log10(finite.max())))))
-
-
-def _notes(df: pd.DataFrame, axes: list[str]) -> dict[tuple[Any, Any], str]:
-    """Heatmap cells with runs that did not end ok: (axis-0 value, axis-1 value) -> outcome names."""
-    out: dict[tuple[Any, Any], str] = {}
-    if "outcome" not in df:
-        return out
-    bad = df[~df["outcome"].isin(["ok", "unfinished"])]
-    for _, r in bad.iterrows():
-        key = (r[axes[0]], r[axes[1]] if len(axes) > 1 else "")
-        names = set(filter(None, out.get(key, "").split("/"))) | {str(r["outcome"])}
-        out[key] = "/".join(sorted(names))
-    return out
-
-
-def _draw(ax, p: pd.DataFrame, title: str, diverging: bool = False, std: pd.DataFrame | None = None,
-          nd: int | None = None, notes: dict[tuple[Any, Any], str] | None = None) -> Any:
-    """A heatmap of ``p`` whose cells read ``mean ± std`` (over seeds) in black or white by the
-    luminance of the cell colour, all cells in the same number format (``nd`` decimals)."""
-    from raysim.plotstyle import text_color
-
-    vals = p.to_numpy(dtype=float)
-    if diverging:
-        lim = np.nanmax(np.abs(vals)) if np.isfinite(vals).any() else 1.0
-        im = ax.imshow(vals, cmap="RdBu_r", vmin=-lim or -1, vmax=lim or 1, aspect="auto", origin="lower")
-    else:
-        im = ax.imshow(vals, cmap="viridis", aspect="auto", origin="lower")
-    ax.grid(False)
-    ax.set_xticks(range(p.shape[1]))
-    ax.set_xticklabels([_fmt(c) for c in p.columns], fontsize=8)
-    ax.set_yticks(range(p.shape[0]))
-    ax.set_yticklabels([_fmt(i) for i in p.index], fontsize=8)
-    ax.set_xlabel(str(p.columns.name) if p.columns.name != "_" else "")
-    ax.set_ylabel(str(p.index.name))
-    nd = _decimals(vals) if nd is None else nd
-    sd = std.to_numpy(dtype=float) if std is not None else None
-    for i in range(vals.shape[0]):
-        for j in range(vals.shape[1]):
-            note = (notes or {}).get((p.index[i], p.columns[j]))
-            if np.isfinite(vals[i, j]):
-                txt = f"{vals[i, j]:.{nd}f}"
-                if sd is not None and np.isfinite(sd[i, j]):
-                    txt += f"\n± {sd[i, j]:.{nd}f}"
-                if note:
-                    txt += f"\n({note})"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7.5,
-                        color=text_color(im.cmap(im.norm(vals[i, j]))))
-            elif note:      # no ok run in this cell: its outcome, not a number
-                ax.text(j, i, note, ha="center", va="center", fontsize=7.5, color="red")
-    ax.set_title(title, fontsize=9)
-    return im
-
-
 def write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str, fmt: str | None = None) -> list[Path]:
     """One heatmap per algorithm, one for the difference of ``grid.diff``, and all panels in one figure.
 
     Cells show the mean ± standard deviation over seeds (the difference is taken per seed, so its
     spread is that of the paired difference); the colorbar is labelled with the metric."""
-    from raysim.plotstyle import style
+    from raysim.experiments.plots import heatmaps
 
     fmt = fmt or (grid.cells[0].cfg.run.plot_format if grid.cells else "png")
-    with style():
-        return _write_heatmaps(grid, df, metric, fmt)
-
-
-def _write_heatmaps(grid: Grid, df: pd.DataFrame, metric: str, fmt: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    from raysim.plotstyle import save
-
-    finished = df[df["status"].isin(["done", "ran"])]
-    if metric not in finished.columns or finished.empty:
-        return []
-    if "outcome" in finished:   # a diverged / empty / no-participation run is not a number: masked, noted
-        finished = finished.assign(**{metric: pd.to_numeric(finished[metric], errors="coerce")
-                                      .where(finished["outcome"] == "ok")})
-    axes = list(grid.axes)
-    seeds = sorted(finished["seed"].unique())
-    notes: dict[str, dict[tuple[Any, Any], str]] = {}
-    more = (f" (mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
-            f"{'; mean over ' + ', '.join(axes[2:]) if len(axes) > 2 else ''})")
-    panels: list[tuple[str, pd.DataFrame, pd.DataFrame, bool, str]] = []
-    per_seed: dict[str, pd.Series] = {}
-    for label in grid.algorithms:
-        sub = finished[finished["algorithm"] == label]
-        if not sub.empty:
-            per_seed[label] = _per_seed(sub, axes, metric)
-            mean, std, _ = _spread(per_seed[label])
-            panels.append((f"{label}: {metric}", mean, std, False, metric))
-            notes[f"{label}: {metric}"] = _notes(sub, axes)
-    if grid.diff is not None:
-        a, b = grid.diff
-        if a in per_seed and b in per_seed:
-            d = (per_seed[a] - per_seed[b]).dropna()   # paired by seed
-            if len(d):
-                mean, std, _ = _spread(d)
-                panels.append((f"{a} - {b}: {metric}", mean, std, True, f"{metric} difference ({a} - {b})"))
-    # one number format for every panel of a metric (differences get their own)
-    nd_abs = _decimals(np.concatenate([p.to_numpy(dtype=float).ravel() for _, p, _, div, _ in panels if not div])
-                       if any(not x[3] for x in panels) else np.array([]))
-    paths = []
-    for title, p, sd, div, cbar in panels:
-        nd = _decimals(p.to_numpy(dtype=float)) if div else nd_abs
-        fig, ax = plt.subplots(figsize=(1.3 * p.shape[1] + 2.8, 0.8 * p.shape[0] + 2))
-        im = _draw(ax, p, title + more, div, sd, nd, notes.get(title))
-        fig.colorbar(im, ax=ax, label=cbar)
-        fig.tight_layout()
-        label = title.split(":")[0].replace(" - ", "-minus-")
-        paths.append(save(fig, grid.out_dir / f"heatmap_{_slug(metric)}_{_slug(label)}.png", fmt))
-    if panels:
-        fig, axs = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.9), squeeze=False)
-        for ax, (title, p, sd, div, cbar) in zip(axs[0], panels):
-            nd = _decimals(p.to_numpy(dtype=float)) if div else nd_abs
-            im = _draw(ax, p, title, div, sd, nd, notes.get(title))
-            fig.colorbar(im, ax=ax, fraction=0.046, label=cbar)
-        fig.suptitle(f"{grid.name}: {metric}{more}", fontsize=10)
-        fig.tight_layout()
-        paths.append(save(fig, grid.out_dir / f"heatmaps_{_slug(metric)}.png", fmt))
-    return paths
+    return heatmaps(df, list(grid.axes), list(grid.algorithms), metric, grid.out_dir, grid.name, grid.diff, fmt)
 
 
 def write_outputs(grid: Grid, metric: str | None = None) -> tuple[pd.DataFrame, list[Path]]:
@@ -449,33 +234,18 @@ def run_grid(grid: Grid, max_parallel: int | None = None, progress: bool = True,
 
     ``warm``: cells that share their data run batched on one warm pool of actors
     (``raysim.cluster.warm``); ``False``: every cell with fresh actors (the cold path)."""
-    from raysim.many import run_many
-
     t0 = time.perf_counter()
-    todo = []
-    for c in grid.cells:
-        if cell_done(c):
-            c.status = "done"
-        else:
-            if c.run_dir.exists():      # a partial or different run: start the cell afresh
-                shutil.rmtree(c.run_dir)
-            todo.append(c)
+    todo = [c for c in grid.cells if not cell_done(c)]
     grid.out_dir.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"raysim stress {grid.name}: {len(grid.cells)} cells, {len(grid.cells) - len(todo)} already done, "
               f"{len(todo)} to run -> {grid.out_dir}", file=sys.stderr, flush=True)
 
-    def on_result(i: int, res: Any) -> None:
-        c = todo[i]
-        if isinstance(res, Exception):
-            c.status, c.error = "failed", str(res).splitlines()[0][:500]
-        else:
-            c.status = "ran"
+    def on_result(cell: Cell, res: Any) -> None:
         results_table(grid).to_csv(grid.out_dir / "results.csv", index=False)
 
-    if todo:
-        run_many([c.cfg for c in todo], max_parallel=max_parallel or grid.max_parallel, on_result=on_result,
-                 progress=progress, description=f"stress {grid.name}", warm=warm)
+    todo = run_cells(grid.cells, max_parallel or grid.max_parallel, progress, warm=warm,
+                     description=f"stress {grid.name}", on_result=on_result)
     df, plots = write_outputs(grid, metric)
     info = {"grid": str(grid.source), "name": grid.name, "axes": grid.axes, "algorithms": grid.algorithms,
             "seeds": grid.seeds, "cells": len(grid.cells), "ran": len(todo),
@@ -498,33 +268,27 @@ def run_grid(grid: Grid, max_parallel: int | None = None, progress: bool = True,
 
 def _stress_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("grid", help="grid TOML: a scenario plus a [stress] table (axes, algorithms, seeds)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of the base scenario for every cell (repeatable)")
-    p.add_argument("--out", help="output folder (default: stress.out_dir, else runs/stress/<name>)")
-    p.add_argument("--max-parallel", type=int, help="runs at once (default: stress.max_parallel, else what fits)")
+    add_experiment_options(
+        p, runs="cells", set_help="override a value of the base scenario for every cell (repeatable)",
+        out_help="output folder (default: stress.out_dir, else runs/stress/<name>)",
+        parallel_help="runs at once (default: stress.max_parallel, else what fits)",
+        plot_help="file format of the heatmaps (default: run.plot_format of the grid file)",
+        dry_run_help="list the cells and whether each is done; run nothing")
     p.add_argument("--metric", help="metric of the heatmaps (default: stress.metric, else the task's test metric)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and whether each is done; run nothing")
     p.add_argument("--report", action="store_true", help="only rewrite results.csv and the heatmaps from the cells")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--cold", action="store_true",
-                   help="every cell with fresh actors in its own placement group (default: cells that share "
-                        "their data run batched on a warm pool of actors)")
-    p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
-                   help="file format of the heatmaps (default: run.plot_format of the grid file)")
 
 
 @command("stress", "sweep scenario knobs x algorithms x seeds on Ray; table and heatmaps (resumable)")(_stress_args)
 def cmd_stress(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides) + ([f"run.plot_format='{args.plot_format}'"] if args.plot_format else [])
+    overrides = overrides_of(args)
     grid = load_grid(args.grid, overrides, args.out)
     if args.dry_run:
         for c in grid.cells:
             print(f"{'done' if cell_done(c) else 'todo'}  {c.algorithm:<14} seed={c.seed}  "
-                  f"{', '.join(f'{k}={_fmt(v)}' for k, v in c.axes.items())}  {c.run_dir}")
+                  f"{', '.join(f'{k}={fmt_value(v)}' for k, v in c.axes.items())}  {c.run_dir}")
         return 0
     if args.report:
-        for c in grid.cells:
-            c.status = "done" if cell_done(c) else "missing"
+        mark(grid.cells)
         df, plots = write_outputs(grid, args.metric)
         print(grid.out_dir / "results.csv")
         for p in plots:

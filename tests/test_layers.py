@@ -32,13 +32,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("simulation", ("raysim.simulation",)),
     ("run", ("raysim.runner",)),
     ("many runs", ("raysim.many",)),
+    ("experiment tools", ("raysim.experiments",)),
     ("experiments", ("raysim.compare", "raysim.stress", "raysim.tuning", "raysim.bench")),
     ("interface", ("raysim.cli", "raysim.api", "raysim.__main__", "raysim")),
 ]
 
 #: what raysim/cluster must never import (the run and everything above it)
 ABOVE_CLUSTER = ("raysim.simulation", "raysim.runner", "raysim.many", "raysim.cli", "raysim.api", "raysim.report",
-                 "raysim.compare", "raysim.stress", "raysim.tuning", "raysim.bench")
+                 "raysim.experiments", "raysim.compare", "raysim.stress", "raysim.tuning", "raysim.bench")
 
 
 def _modules() -> dict[str, Path]:
@@ -256,7 +257,9 @@ def test_modules_above_cluster_import_without_ray():
     import subprocess
     import sys
 
-    mods = ["raysim.runner", "raysim.many", "raysim.simulation", "raysim.local", "raysim.compare", "raysim.stress",
+    mods = ["raysim.runner", "raysim.many", "raysim.simulation", "raysim.local", "raysim.experiments.plan",
+            "raysim.experiments.collect", "raysim.experiments.plots", "raysim.experiments.cli", "raysim.compare",
+            "raysim.stress",
             "raysim.tuning.study", "raysim.cli"]
     code = f"import sys; import {', '.join(mods)}; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)

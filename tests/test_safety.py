@@ -416,7 +416,7 @@ seeds = [0]
     assert set(df[df["algorithm"] == "bad"]["outcome"]) == {"diverged"}
     assert set(df[df["algorithm"] == "good"]["outcome"]) == {"ok"}
     assert (out / "heatmap_r2_bad.png").is_file()
-    from raysim.stress import _notes
+    from raysim.experiments.plots import _notes
 
     notes = _notes(df[df["algorithm"] == "bad"], ["data.h_coef"])
     assert notes == {(0.0, ""): "diverged", (0.5, ""): "diverged"}

@@ -101,7 +101,7 @@ def test_plot_run_writes_the_configured_format_with_y_labels(tmp_path, fmt):
 
 
 def test_compare_curves_use_the_algorithm_styles(tmp_path):
-    from raysim.compare import plot_curves
+    from raysim.experiments.plots import plot_curves
 
     algos = ["flops", "flops-ent", "fedavg", "fedavg-prune"]
     rows = [dict(algorithm=a, seed=s, round=r, r2=1 - 1 / r, tdr=r / 10, cum_bytes_up=r * 10, cum_bytes_down=r * 10)
@@ -118,7 +118,7 @@ def test_compare_curves_use_the_algorithm_styles(tmp_path):
 def test_stress_heatmap_cells_show_mean_std_with_readable_text(tmp_path):
     import matplotlib.pyplot as plt
 
-    from raysim.stress import _draw, _per_seed, _spread
+    from raysim.experiments.plots import _draw, _per_seed, _spread
 
     rows = [{"data.a": a, "data.b": b, "seed": s, "algorithm": "x", "r2": a + b + 0.1 * s}
             for a in (0.0, 1.0) for b in (0.0, 1.0) for s in (0, 1, 2)]

@@ -13,27 +13,24 @@ import json
 
 from raysim.commands import command
 from raysim.config import parse_override
+from raysim.experiments.cli import add_experiment_options
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study file (TOML), e.g. tuning/lr-ratios.toml")
     p.add_argument("--n-trials", type=int, help="total trials (finished ones in the storage count; default study.n_trials)")
     p.add_argument("--timeout", type=float, help="stop starting new trials after S seconds")
-    p.add_argument("--parallel", type=int, help="trials at once on Ray (default study.parallel)")
     p.add_argument("--storage", help="Optuna storage: RDB URL (postgresql://..., mysql://..., sqlite:///...) "
                                      "or journal file path (default <out>/study.journal)")
-    p.add_argument("--out", help="study folder (default <study.out_dir>/<study.name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="fix a config key for every trial, on top of [fixed] (repeatable)")
-    p.add_argument("--check", "--dry-run", dest="check", action="store_true",
-                   help="validate the study file, print the space and how many trials would run where; "
-                        "start nothing (no Ray), exit 0")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-trial lines")
-    p.add_argument("--cold", action="store_true",
-                   help="each trial with fresh actors in its own placement group (the old path; default: trials "
-                        "run on a warm pool of actors that keeps the data, --parallel of them batched together)")
-    p.add_argument("--plot-format", choices=["png", "pdf", "svg"], default=None,
-                   help="file format of the report's plots (sets run.plot_format for every trial)")
+    add_experiment_options(
+        p, runs="trials", parallel_flag="--parallel", parallel_help="trials at once on Ray (default study.parallel)",
+        out_help="study folder (default <study.out_dir>/<study.name>)",
+        set_help="fix a config key for every trial, on top of [fixed] (repeatable)",
+        plot_help="file format of the report's plots (sets run.plot_format for every trial)",
+        dry_run_flags=("--check", "--dry-run"), dry_run_dest="check",
+        dry_run_help="validate the study file, print the space and how many trials would run where; "
+                     "start nothing (no Ray), exit 0",
+        progress_help="no progress bar or per-trial lines")
 
 
 @command("tune", "run (or resume) an Optuna study whose trials are raysim runs")(_tune_args)
