@@ -20,34 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from raysim.algorithms import Algorithm, Partial, Schedule, StepContext, aggregate, algorithm_class, build_algorithm
+from raysim.algorithms import Algorithm, Partial, Schedule, StepContext, aggregate, algorithm_class, build_algorithm  # noqa: F401
+from raysim.algorithms.base import make_schedule  # noqa: F401 - re-exported
 from raysim.config import Config
 from raysim.data import Federation, build_federation, stack_clients
-from raysim.metrics import fairness, soft_iou, support_metrics
+from raysim.metrics import fairness, fairness_from_scores, soft_iou, support_metrics  # noqa: F401 - re-exported
 from raysim.models import Model, model_for
-
-
-def make_schedule(cfg: Config, fed: Federation) -> Schedule:
-    """Steps per round, total steps, prune_start and t_end in steps."""
-    a = cfg.algorithm
-    per_step = algorithm_class(a.name).per_step
-    if cfg.run.steps_per_round is not None:
-        spr = cfg.run.steps_per_round
-    elif per_step:
-        spr = max(1, math.ceil(float(np.median(fed.client_sizes())) / a.batch_size))
-    else:
-        spr = 1
-    total = cfg.run.rounds * spr
-    if getattr(a, "prune_start", None) is None:      # an algorithm without the knob: never
-        ps = total
-    elif a.prune_start_unit == "fraction":
-        ps = int(math.floor(a.prune_start * total))
-    elif a.prune_start_unit == "rounds":
-        ps = int(a.prune_start) * spr
-    else:
-        ps = int(a.prune_start)
-    tau_end = int(a.tau_end) if getattr(a, "tau_end", None) is not None else ps
-    return Schedule(total_steps=total, steps_per_round=spr, prune_start=ps, tau_end=tau_end)
 
 
 @dataclass
@@ -387,5 +365,3 @@ class ServerCore:
         self._reset_round()
 
 
-def fairness_from_scores(scores: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    return fairness(np.concatenate([s for _, s in scores]) if scores else np.zeros(0))

@@ -58,5 +58,11 @@ def fairness(scores: np.ndarray) -> dict[str, float]:
             "fair_worst5": float(srt[:k].mean()), "fair_best5": float(srt[-k:].mean())}
 
 
+def fairness_from_scores(scores: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The fairness metrics of the per-client scores gathered from the client actors
+    (``[(client ids, scores)]``, one pair per actor)."""
+    return fairness(np.concatenate([s for _, s in scores]) if scores else np.zeros(0))
+
+
 #: the headline test metric of each task (higher is better)
 TEST_METRIC = {"lr": "r2", "lg": "accuracy", "mc": "accuracy", "cnn": "accuracy", "mlc": "micro_f1"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import torch
+from raysim.lazy import torch  # imported on first use: the driver sizes models without it
 
 
 @dataclass(frozen=True)
@@ -306,25 +306,34 @@ def image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     raise ValueError(f"the cnn needs image inputs (C, H, W), (H, W) or a flat square H*W; got shape {input_shape}")
 
 
-class _FedAvgCNNModule(torch.nn.Module):
-    """conv 5x5 (32) - ReLU - maxpool 2 - conv 5x5 (64) - ReLU - maxpool 2 - dense 512 - ReLU - dense C."""
+def _fedavg_cnn_module(chw: tuple[int, int, int], n_classes: int) -> Any:
+    """conv 5x5 (32) - ReLU - maxpool 2 - conv 5x5 (64) - ReLU - maxpool 2 - dense 512 - ReLU - dense C
+    (an ``nn.Module``; its class is made on first use, so importing this module does not import torch)."""
+    global _CNN_CLASS
+    if _CNN_CLASS is None:
+        class FedAvgCNNModule(torch.nn.Module):
+            def __init__(self, chw: tuple[int, int, int], n_classes: int):
+                super().__init__()
+                c, h, w = chw
+                self.chw = chw
+                self.conv1 = torch.nn.Conv2d(c, 32, 5, padding=2)
+                self.conv2 = torch.nn.Conv2d(32, 64, 5, padding=2)
+                self.flat = 64 * (h // 2 // 2) * (w // 2 // 2)
+                self.fc1 = torch.nn.Linear(self.flat, 512)
+                self.fc2 = torch.nn.Linear(512, n_classes)
 
-    def __init__(self, chw: tuple[int, int, int], n_classes: int):
-        super().__init__()
-        c, h, w = chw
-        self.chw = chw
-        self.conv1 = torch.nn.Conv2d(c, 32, 5, padding=2)
-        self.conv2 = torch.nn.Conv2d(32, 64, 5, padding=2)
-        self.flat = 64 * (h // 2 // 2) * (w // 2 // 2)
-        self.fc1 = torch.nn.Linear(self.flat, 512)
-        self.fc2 = torch.nn.Linear(512, n_classes)
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                x = x.reshape(x.shape[0], *self.chw)
+                x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+                x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+                x = torch.relu(self.fc1(x.flatten(1)))
+                return self.fc2(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], *self.chw)
-        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
-        x = torch.relu(self.fc1(x.flatten(1)))
-        return self.fc2(x)
+        _CNN_CLASS = FedAvgCNNModule
+    return _CNN_CLASS(chw, n_classes)
+
+
+_CNN_CLASS: Any = None
 
 
 class FedAvgCNN(Model):
@@ -345,7 +354,7 @@ class FedAvgCNN(Model):
     def __init__(self, input_shape: tuple[int, ...], n_classes: int):
         self.chw = image_shape(tuple(input_shape))
         self.n_classes = int(n_classes)
-        self.module = _FedAvgCNNModule(self.chw, self.n_classes)
+        self.module = _fedavg_cnn_module(self.chw, self.n_classes)
         specs = [TensorSpec(n, tuple(t.shape), n in self._gated) for n, t in self.module.named_parameters()]
         super().__init__(specs)
 

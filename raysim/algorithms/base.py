@@ -42,6 +42,32 @@ class Schedule:
         return step // self.steps_per_round
 
 
+def make_schedule(cfg: Any, fed: Any) -> Schedule:
+    """Steps per round, total steps, prune_start and t_end in steps (``fed``: anything with
+    ``client_sizes()``). No torch: the driver sizes runs with it."""
+    from raysim.registry import algorithm_class
+
+    a = cfg.algorithm
+    per_step = algorithm_class(a.name).per_step
+    if cfg.run.steps_per_round is not None:
+        spr = cfg.run.steps_per_round
+    elif per_step:
+        spr = max(1, math.ceil(float(np.median(fed.client_sizes())) / a.batch_size))
+    else:
+        spr = 1
+    total = cfg.run.rounds * spr
+    if getattr(a, "prune_start", None) is None:      # an algorithm without the knob: never
+        ps = total
+    elif a.prune_start_unit == "fraction":
+        ps = int(math.floor(a.prune_start * total))
+    elif a.prune_start_unit == "rounds":
+        ps = int(a.prune_start) * spr
+    else:
+        ps = int(a.prune_start)
+    tau_end = int(a.tau_end) if getattr(a, "tau_end", None) is not None else ps
+    return Schedule(total_steps=total, steps_per_round=spr, prune_start=ps, tau_end=tau_end)
+
+
 @dataclass
 class StepContext:
     seed: int

@@ -23,7 +23,7 @@ from raysim.cluster.balance import contiguous_blocks, expected_work, greedy_bala
 from raysim.config import Config, ConfigError
 from raysim.data.participation import build_participation
 from raysim.data.real import preflight
-from raysim.engine import fairness_from_scores
+from raysim.metrics import fairness_from_scores
 from raysim.quiet import quiet_local_ray
 
 
@@ -72,7 +72,7 @@ class _Sizes:
 def balance_work(cfg: Config, participation: Any, sizes: np.ndarray) -> np.ndarray:
     """Each client's expected work per step over the run (the input of the work balance)."""
     from raysim.algorithms import algorithm_class
-    from raysim.engine import make_schedule
+    from raysim.algorithms.base import make_schedule
 
     total_steps = make_schedule(cfg, _Sizes(sizes)).total_steps
     return expected_work(participation, sizes, total_steps, algorithm_class(cfg.algorithm.name).per_step,

@@ -446,7 +446,7 @@ class WarmPool:
         # wait once for everything issued in this cycle
         results: list[Any] = []
         if eval_refs is not None:
-            from raysim.engine import fairness_from_scores
+            from raysim.metrics import fairness_from_scores
 
             try:
                 metrics, per_actor_scores = ray.get(eval_refs[0]), ray.get(eval_refs[1])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
+from raysim.lazy import torch  # imported on first use: the driver of a Ray run never needs it
 
 
 @dataclass
