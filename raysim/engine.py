@@ -129,9 +129,17 @@ class ClientCohort:
         th = torch.as_tensor(np.stack(thetas), device=self.device)
         d = self.data
         mask = torch.arange(d.x_hold.shape[1], device=self.device)[None, :] < d.n_hold[:, None]
+        model = self.comp.model
         with torch.no_grad():
-            s = self.comp.model.client_scores_many(th, d.x_hold, d.y_hold, mask).cpu().numpy()
-        return [(self.ids, row) for row in s]
+            if getattr(model, "client_scores_segments", None) is not None:
+                flat = getattr(self, "_hold_flat", None)
+                if flat is None:   # the held-out samples end to end, once per cohort
+                    seg = torch.arange(mask.shape[0], device=self.device)[:, None].expand_as(mask)[mask]
+                    flat = self._hold_flat = (d.x_hold[mask], d.y_hold[mask], seg, mask.shape[0])
+                s = model.client_scores_segments(th, *flat)
+            else:
+                s = model.client_scores_many(th, d.x_hold, d.y_hold, mask)
+        return [(self.ids, row) for row in s.cpu().numpy()]
 
     def info(self) -> dict[str, Any]:
         return {"n_clients": int(self.ids.size), "data_bytes": self.data.nbytes(), "build_s": self.build_s}

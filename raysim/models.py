@@ -130,6 +130,18 @@ class LinearRegression(Model):
         sst = (((y - mean_y[:, None]) ** 2) * m).sum(1)
         return torch.where(sst > 0, 1.0 - sse / sst.clamp_min(1e-12), torch.full_like(sse, float("nan")))
 
+    def client_scores_segments(self, thetas, xf, yf, seg, k):
+        """:meth:`client_scores_many` on the held-out samples laid end to end (``xf [N, p]``,
+        ``yf [N]``, client ``seg [N]`` in ``range(k)``): no work on padding, which the
+        largest client makes most of a skewed federation's padded held-out block."""
+        pred = xf @ thetas[:, : self.p_in].T + thetas[:, self.p_in]            # [N, S]
+        cnt = torch.bincount(seg, minlength=k).to(yf.dtype).clamp_min(1.0)
+        mean_y = torch.zeros(k, dtype=yf.dtype).index_add_(0, seg, yf) / cnt
+        sst = torch.zeros(k, dtype=yf.dtype).index_add_(0, seg, (yf - mean_y[seg]) ** 2)
+        sse = torch.zeros(k, thetas.shape[0], dtype=pred.dtype).index_add_(0, seg, (pred - yf[:, None]) ** 2)
+        r2 = torch.where(sst[:, None] > 0, 1.0 - sse / sst.clamp_min(1e-12)[:, None], torch.full_like(sse, float("nan")))
+        return r2.T
+
     def gated_feature_index(self) -> np.ndarray:
         return np.arange(self.p_in)
 

@@ -54,7 +54,17 @@ def uniform(seed: int, purpose: str, client_ids: Iterable[int] | np.ndarray, ste
 
     Row k depends only on ``(seed, purpose, client_ids[k], step)`` and the column index.
     """
-    keys = _keys(seed, purpose, np.asarray(client_ids), step)
+    return uniform_rows(_keys(seed, purpose, np.asarray(client_ids), step), n, eps)
+
+
+def row_keys(seed: int, purpose: str, client_ids: Iterable[int] | np.ndarray, step: int) -> np.ndarray:
+    """The per-row keys of :func:`uniform` (uint64, one per client id)."""
+    return _keys(seed, purpose, np.asarray(client_ids), step)
+
+
+def uniform_rows(keys: np.ndarray, n: int, eps: float = 0.0) -> np.ndarray:
+    """:func:`uniform` from precomputed :func:`row_keys`: rows keyed at different steps (the
+    runs of a fused pass) are drawn in one array operation, each exactly as alone."""
     with np.errstate(over="ignore"):
         ctr = np.arange(n, dtype=np.uint64)
         bits = _mix(keys[:, None] + (ctr[None, :] + np.uint64(1)) * _GOLDEN)

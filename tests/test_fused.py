@@ -114,3 +114,21 @@ def test_a_subclass_with_its_own_client_step_is_never_fused():
     for k in out[0].sums:
         np.testing.assert_allclose(out[1].sums[k], 2 * out[0].sums[k], rtol=1e-6)
 
+
+def test_batched_evaluation_equals_one_model_at_a_time():
+    """The warm pools score the deployed models of a batch in one pass (held-out samples laid
+    end to end, no padding): the per-client scores equal those of each model alone."""
+    cfgs = [_cfg(f"algorithm.eta_theta={e}") for e in (0.01, 0.05, 0.2)]
+    base, views, cores, part = _setup(cfgs)
+    for step in range(6):
+        for c, v in zip(cores, views):
+            ids = _mine(part, step, base)
+            c.apply(step, len(ids), [v.train(step, c.payload(), ids, None)])
+    thetas = [c.deployed(False) for c in cores]
+    assert not np.allclose(thetas[0], thetas[1])
+    for (ids, got), th in zip(base.evaluate_many(thetas), thetas):
+        want_ids, want = base.evaluate(th)
+        np.testing.assert_array_equal(ids, want_ids)
+        assert np.isnan(want).any() == np.isnan(got).any()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+

@@ -134,9 +134,16 @@ def minibatch(data: StackedClients, idx: torch.Tensor, seed: int, step: int, b: 
     Returns x ``[K, b, ...]``, y ``[K, b, ...]`` and the validity mask ``[K, b]``.
     """
     ids = data.ids[idx.cpu().numpy()]
+    return minibatch_from_uniform(data, idx, rngmod.uniform(seed, purpose, ids, step, data.x.shape[1]), b)
+
+
+def minibatch_from_uniform(data: StackedClients, idx: torch.Tensor, u: np.ndarray,
+                           b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`minibatch` from the clients' uniforms ``u [K, n_max]`` (drawn by the caller,
+    e.g. for the rows of several runs at once)."""
     n = data.n[idx]
     n_max = data.x.shape[1]
-    keys = torch.from_numpy(rngmod.uniform(seed, purpose, ids, step, n_max)).to(data.x.device)
+    keys = torch.from_numpy(u).to(data.x.device)
     pos = torch.arange(n_max, device=data.x.device)
     keys = torch.where(pos[None, :] < n[:, None], keys, torch.full_like(keys, 2.0))
     bb = min(b, n_max)

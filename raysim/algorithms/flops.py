@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 from raysim import defaults, gates
 from raysim import rng as rngmod
 from raysim.algorithms.base import (Aggregate, Algorithm, Partial, State, StepContext, client_weights,
-                                    minibatch, partial_work_mask)
+                                    minibatch_from_uniform, partial_work_mask)
 from raysim.config import AlgorithmSection
 from raysim.lazy import torch  # imported on first use (the config reads this module's knobs)
 from raysim.metrics import tensor_bytes
@@ -167,37 +167,50 @@ class FLoPS(Algorithm):
         t0 = time.perf_counter()
         lead = jobs[0][0]
         model, p, gp = lead.model, lead.model.p, lead.gp
-        dev = jobs[0][2].x.device
-        ths, phs, us, xbs, ybs, masks, cs, meta = [], [], [], [], [], [], [], []
-        for algo, payload, data, idx, ctx, work in jobs:
+        data = jobs[0][2]                     # one cohort's data (part of the fuse key's contract)
+        dev = data.x.device
+        ths, phs, cs, meta, kb, kg, masks_work = [], [], [], [], [], [], []
+        for algo, payload, d, idx, ctx, work in jobs:
             theta = torch.as_tensor(payload["theta"], device=dev)
             phi = torch.as_tensor(payload["phi"], device=dev)
-            ids = data.ids[idx.cpu().numpy()]
+            ids = d.ids[idx.cpu().numpy()]
             k = ids.size
-            xb, yb, mask = minibatch(data, idx, ctx.seed, ctx.step, algo.cfg.batch_size)
-            mask, steps = partial_work_mask(mask, work)  # stragglers: part of the mini-batch
-            u = torch.from_numpy(rngmod.uniform(ctx.seed, "gate-noise", ids, ctx.step, p, eps=gp.eps))
-            us.append(u.to(device=dev, dtype=theta.dtype))
+            # each row's random streams keyed by (seed, client, its run's step), as alone
+            kb.append(rngmod.row_keys(ctx.seed, "batch", ids, ctx.step))
+            kg.append(rngmod.row_keys(ctx.seed, "gate-noise", ids, ctx.step))
             # per-client copies so autograd returns per-client gradients
             ths.append(theta.expand(k, -1))
             phs.append(phi.expand(k, -1))
-            xbs.append(xb)
-            ybs.append(yb)
-            masks.append(mask)
-            n = data.n[idx]
+            n = d.n[idx]
             cs.append(client_weights(n, algo.cfg.weighting).to(dev))
-            meta.append((k, ids, n, steps))
+            meta.append((k, ids, n, idx))
+            masks_work.append(work)
+        idx_all = torch.cat([m[3] for m in meta])
+        xb, yb, mask = minibatch_from_uniform(data, idx_all, rngmod.uniform_rows(np.concatenate(kb), data.x.shape[1]),
+                                              lead.cfg.batch_size)
+        steps_of, a = [], 0
+        if any(w is not None for w in masks_work):      # stragglers: part of the mini-batch
+            parts = []
+            for (k, _, _, _), work in zip(meta, masks_work):
+                mk, steps = partial_work_mask(mask[a: a + k], work)
+                parts.append(mk)
+                steps_of.append(steps)
+                a += k
+            mask = torch.cat(parts)
+        else:
+            steps_of = [np.ones(k) for k, _, _, _ in meta]
+        u = torch.from_numpy(rngmod.uniform_rows(np.concatenate(kg), p, eps=gp.eps)).to(device=dev, dtype=ths[0].dtype)
         th = torch.cat(ths).requires_grad_(True)
         ph = torch.cat(phs).requires_grad_(True)
-        z = gates.sample(ph, torch.cat(us), gp)
+        z = gates.sample(ph, u, gp)
         w = torch.cat([th[:, :p] * z, th[:, p:]], dim=1)
-        loss = model.client_loss(w, torch.cat(xbs), torch.cat(ybs), torch.cat(masks))
+        loss = model.client_loss(w, xb, yb, mask)
         c = torch.cat(cs)
         g_th, g_ph = torch.autograd.grad((c * loss).sum(), [th, ph])
         loss = loss.detach().cpu().numpy()
         g_th, g_ph, c = g_th.double(), g_ph.double(), c.double()
         out, a = [], 0
-        for k, ids, n, steps in meta:
+        for (k, ids, n, _), steps in zip(meta, steps_of):
             # summed in float64 per run: independent of how clients are grouped into actors
             out.append(Partial(
                 sums={"theta": g_th[a: a + k].sum(0).cpu().numpy(), "phi": g_ph[a: a + k].sum(0).cpu().numpy()},
