@@ -92,7 +92,8 @@ def test_run_no_progress_prints_only_the_run_dir_and_no_ray_notice(tmp_path):
                    "--set", "run.plot_format='svg'", "--out", str(out), "--no-progress")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(out)
-    assert "Token authentication" not in p.stderr, p.stderr       # Ray's start-up notice is filtered
+    assert "Token authentication" not in p.stderr, p.stderr       # Ray's start-up notices are filtered
+    assert "unstable API" not in p.stderr, p.stderr
     assert (out / "density_lambda.svg").exists() and not (out / "density_lambda.png").exists()
 
 
