@@ -275,8 +275,9 @@ class ServerCore:
         partials = [q for p in partials for q in (p if isinstance(p, (list, tuple)) else [p])]
         agg = aggregate(partials)
         ctx = StepContext(self.cfg.run.seed, step, self.comp.schedule)
-        self.state = algo.server_update(self.state, agg, ctx)
-        down, up = algo.comm_bytes(self.state, n_selected, agg.n_reported)
+        broadcast = self.state
+        self.state = algo.server_update(broadcast, agg, ctx)
+        down, up = algo.comm_bytes(broadcast, agg, n_selected)
         r = self.r
         r["bytes_down"] += down
         r["bytes_up"] += up

@@ -132,3 +132,40 @@ def test_batched_evaluation_equals_one_model_at_a_time():
         assert np.isnan(want).any() == np.isnan(got).any()
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
 
+
+
+@pytest.mark.parametrize("name,extra", [("flops", []), ("flops", ["algorithm.optimizer='adam'"]), ("flops-pa", []),
+                                        ("fedavg", []), ("fedavgm", [])])
+def test_server_update_returns_a_new_state_and_bytes_come_from_the_broadcast(name, extra):
+    """server_update leaves the broadcast state as it was (a checkpoint of it, or a batch-mate
+    holding it, sees no change); comm_bytes counts from that state and the aggregate."""
+    import copy
+
+    import torch
+
+    from raysim.algorithms import aggregate
+    from raysim.algorithms.base import StepContext
+
+    cfg = _cfg(f"algorithm.name='{name}'", *extra)
+    base, views, cores, part = _setup([cfg])
+    core, view = cores[0], views[0]
+    algo = core.comp.algo
+    ids = _mine(part, 0, base)
+    agg = aggregate([view.train(0, core.payload(), ids, None)])
+    before = core.state
+    frozen = copy.deepcopy(before)
+    ctx = StepContext(cfg.run.seed, 0, core.comp.schedule)
+    after = algo.server_update(before, agg, ctx)
+    assert after is not before
+    assert set(before) == set(frozen)
+    for k, v in frozen.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(before[k], v), k
+        elif isinstance(v, dict):
+            for kk, vv in v.items():
+                assert torch.equal(before[k][kk], vv), (k, kk)
+        else:
+            assert before[k] == v, k
+    assert not any(str(k).startswith("_") for k in after)          # no byte counts parked in the state
+    down, up = algo.comm_bytes(before, agg, n_selected=len(ids) + 2)
+    assert down > 0 and up > 0 and down % (len(ids) + 2) == 0

@@ -217,8 +217,10 @@ class Algorithm:
     def deployed(self, state: State, final: bool = False) -> torch.Tensor:
         raise NotImplementedError
 
-    def comm_bytes(self, state: State, n_selected: int, n_reported: int) -> tuple[int, int]:
-        """(bytes down, bytes up) of one communication step (section 9)."""
+    def comm_bytes(self, state: State, agg: Aggregate, n_selected: int) -> tuple[int, int]:
+        """(bytes down, bytes up) of one communication step (section 9): ``state`` is the state
+        that was broadcast in that step (before ``server_update``), ``agg`` its aggregate
+        (``agg.n_reported`` clients reported; per-actor counts may travel in ``agg.extra``)."""
         raise NotImplementedError
 
     def state_metrics(self, state: State) -> dict[str, float]:

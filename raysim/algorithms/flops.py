@@ -224,7 +224,9 @@ class FLoPS(Algorithm):
 
     # -- server --------------------------------------------------------------------------
     def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:
+        """A new state (the broadcast one, and its optimiser buffers, are left as they were)."""
         cfg = self.cfg
+        state = dict(state)
         theta, phi, lam = state["theta"], state["phi"], float(state["lam"])
         t = ctx.step
         tau = tau_at(t, self.tau0, ctx.schedule.tau_end, cfg.tau_schedule)
@@ -235,12 +237,13 @@ class FLoPS(Algorithm):
                 g_ph = g_ph - tau * gates.entropy_grad(phi, self.gp)
             if cfg.optimizer == "adam":
                 n_upd = int(state.get("n_upd", 0)) + 1
-                state["n_upd"] = n_upd
-                g_th = _Adam.direction(state["opt"], "theta", g_th, n_upd)
-                g_ph = _Adam.direction(state["opt"], "phi", g_ph, n_upd)
+                opt = dict(state["opt"])
+                state.update(n_upd=n_upd, opt=opt)
+                g_th = _Adam.direction(opt, "theta", g_th, n_upd)
+                g_ph = _Adam.direction(opt, "phi", g_ph, n_upd)
             theta = theta - cfg.eta_theta * g_th
             phi = (phi - cfg.eta_phi * g_ph).clamp(-gates.PHI_LIMIT, gates.PHI_LIMIT)
-        state.update(tau=tau)
+        state["tau"] = tau
         return self.dual_and_prune(state, theta, phi, ctx)
 
     def dual_and_prune(self, state: State, theta: torch.Tensor, phi: torch.Tensor, ctx: StepContext) -> State:
@@ -253,8 +256,7 @@ class FLoPS(Algorithm):
         if t >= ctx.schedule.prune_start:
             active = gates.top_m(phi, theta[:p], self.m, self.gp)
             phi = gates.scale(phi, active, cfg.gate_decay, self.gp)
-        state.update(theta=theta, phi=phi, lam=lam, t=t + 1, active=active)
-        return state
+        return {**state, "theta": theta, "phi": phi, "lam": lam, "t": t + 1, "active": active}
 
     def deployed(self, state: State, final: bool = False) -> torch.Tensor:
         """theta_tilde * zhat, restricted to the active set T after prune_start (section 3).
@@ -273,11 +275,11 @@ class FLoPS(Algorithm):
             out[:p] = torch.where(active, out[:p], torch.zeros_like(out[:p]))
         return out
 
-    def comm_bytes(self, state: State, n_selected: int, n_reported: int) -> tuple[int, int]:
+    def comm_bytes(self, state: State, agg: Aggregate, n_selected: int) -> tuple[int, int]:
         P, p = self.model.P, self.model.p
         down = tensor_bytes(P) + tensor_bytes(p)              # theta_tilde and phi
         up = tensor_bytes(P) + tensor_bytes(p) + 4            # two gradients and n_k
-        return n_selected * down, n_reported * up
+        return n_selected * down, agg.n_reported * up
 
     def state_metrics(self, state: State) -> dict[str, float]:
         phi = state["phi"].double()

@@ -124,16 +124,13 @@ class FLoPSPA(FLoPS, LocalTraining):
 
     # -- server --------------------------------------------------------------------------
     def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:
-        down = self._down_bytes_one(state)    # what was broadcast this round
-        up = int(sum(e.get("up_bytes", 0) for e in agg.extra))
         theta, phi = state["theta"], state["phi"]
         if agg.weight > 0:
             theta = theta + self.cfg.server_lr * agg.mean["theta"]
             phi = (phi + self.cfg.server_lr * agg.mean["phi"]).clamp(-gates.PHI_LIMIT, gates.PHI_LIMIT)
         # a new state: the one that was broadcast is left as it was
         state = {**state, "tau": tau_at(ctx.step, self.tau0, ctx.schedule.tau_end, self.cfg.tau_schedule)}
-        state = self.dual_and_prune(state, theta, phi, ctx)
-        return {**state, "_down": down, "_up": up}
+        return self.dual_and_prune(state, theta, phi, ctx)
 
     def _down_bytes_one(self, state: State) -> int:
         P, p = self.model.P, self.model.p
@@ -150,8 +147,9 @@ class FLoPSPA(FLoPS, LocalTraining):
             return tensor_bytes(P) + tensor_bytes(p) + FLOAT_BYTES
         return 2 * tensor_bytes(n_active) + tensor_bytes(P - p) + FLOAT_BYTES
 
-    def comm_bytes(self, state: State, n_selected: int, n_reported: int) -> tuple[int, int]:
-        return n_selected * int(state.get("_down", self._down_bytes_one(state))), int(state.get("_up", 0))
+    def comm_bytes(self, state: State, agg: Aggregate, n_selected: int) -> tuple[int, int]:
+        """Down: the broadcast ``state`` (sparse after prune_start); up: the clients' uploads."""
+        return n_selected * int(self._down_bytes_one(state)), int(sum(e.get("up_bytes", 0) for e in agg.extra))
 
 
 @register("flops-pa-ent")

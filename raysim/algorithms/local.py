@@ -233,13 +233,11 @@ class LocalTraining(Algorithm):
 
     # -- server --------------------------------------------------------------------------
     def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:
-        down = self.down_bytes(state)          # ``state`` is what was broadcast this round
-        up = int(sum(e.get("up_bytes", 0) for e in agg.extra))
         theta = state["theta"]
         if agg.weight > 0:
             theta = theta + self.cfg.server_lr * self.combine(agg, state).to(theta.dtype)
         state = self.server_step(state, theta, agg, ctx)
-        return {**state, "t": ctx.step + 1, "_down": down, "_up": up}
+        return {**state, "t": ctx.step + 1}
 
     def combine(self, agg: Aggregate, state: State) -> torch.Tensor:
         """The aggregated delta (default: the weighted mean sum_k w_k delta_k)."""
@@ -250,8 +248,10 @@ class LocalTraining(Algorithm):
         the one that was broadcast and is not changed)."""
         return {**state, "theta": theta}
 
-    def comm_bytes(self, state: State, n_selected: int, n_reported: int) -> tuple[int, int]:
-        return n_selected * int(state.get("_down", self.down_bytes(state))), int(state.get("_up", 0))
+    def comm_bytes(self, state: State, agg: Aggregate, n_selected: int) -> tuple[int, int]:
+        """Down: the broadcast ``state`` to each selected client; up: what the clients sent
+        (each actor counts its clients' uploads, ``agg.extra``)."""
+        return n_selected * int(self.down_bytes(state)), int(sum(e.get("up_bytes", 0) for e in agg.extra))
 
 
 __all__ = ["LOCAL_STRIDE", "LocalSGDParams", "LocalTraining", "RoundParams", "hard_threshold", "sparse_model_bytes",
