@@ -1,7 +1,7 @@
 """``torch`` imported on first use, for the modules that the configuration needs to import.
 
 Resolving a configuration reads every algorithm's knobs from the algorithm's own file
-(docs/algorithms.md section 10), and ``import raysim`` plus ``load_config`` must not import
+(docs/algorithms.md section 10), and importing the package plus ``load_config`` must not import
 torch (docs/architecture.md: the driver-side API stays light). The algorithm modules and the
 helpers they import at module level (``raysim.gates``, ``raysim.metrics``) therefore write
 ``from raysim.lazy import torch``: the name behaves like the torch module, which is imported

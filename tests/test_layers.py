@@ -143,9 +143,11 @@ def test_ray_is_imported_only_under_raysim_cluster():
 
 def test_no_raw_ray_import_line_outside_cluster():
     """The issue's own check: ``grep -rn "import ray" raysim | grep -v raysim/cluster/`` prints nothing."""
-    pat = re.compile(r"^\s*(import ray\b|from ray\b)")
-    bad = [f"{p.relative_to(ROOT)}:{i}" for mod, p in MODULES.items() if not mod.startswith("raysim.cluster")
-           for i, line in enumerate(p.read_text().splitlines(), 1) if pat.search(line)]
+    # literally, as grep does: any line holding the text, code or prose, in any file under raysim/
+    bad = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "raysim").rglob("*"))
+           if p.is_file() and "cluster" not in p.relative_to(ROOT / "raysim").parts[:1]
+           and p.suffix in (".py", ".toml", ".md", ".txt", ".cfg")
+           for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if "import ray" in line]
     assert not bad, bad
 
 
