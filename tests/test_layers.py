@@ -13,7 +13,6 @@ Every import statement of every module is read with ``ast`` (function-local impo
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
