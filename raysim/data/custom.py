@@ -32,7 +32,7 @@ import numpy as np
 
 from raysim import rng as rngmod
 from raysim.config import ConfigError
-from raysim.data.federation import ClientData, Federation
+from raysim.data.federation import ClientData, Federation, split_holdout_size
 
 TASKS = ("lr", "lg", "mc", "mlc", "cnn")
 
@@ -209,9 +209,7 @@ class CustomFederation(Federation):
 
     # -- the Federation interface -----------------------------------------------------------------
     def holdout_size(self, n_k: int) -> int:
-        if self.cfg.holdout_frac <= 0 or n_k < 2:
-            return 0
-        return int(min(n_k - 1, max(1, round(self.cfg.holdout_frac * n_k))))
+        return split_holdout_size(self.cfg.holdout_frac, n_k)
 
     def client_sizes(self) -> np.ndarray:
         return self._sizes

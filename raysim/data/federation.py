@@ -25,6 +25,15 @@ class ClientData:
     y_hold: np.ndarray
 
 
+def split_holdout_size(frac: float, n_k: int) -> int:
+    """Held-out samples of a client with n_k samples when data is split per client (real and
+    custom data, docs/data.md): round(frac n_k), at least 1 and at most n_k - 1, none when
+    frac is 0 or the client has fewer than 2 samples."""
+    if frac <= 0 or n_k < 2:
+        return 0
+    return int(min(n_k - 1, max(1, round(frac * n_k))))
+
+
 class Federation:
     """Base class of data sources. Subclasses fill the attributes and the three methods."""
 
