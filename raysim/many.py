@@ -97,14 +97,9 @@ def _run_many_cold(cfgs: list[Config], max_parallel: int | None, on_result: Call
                 for ref in wait_first(list(inflight)):
                     i, pg = inflight.pop(ref)
                     try:
-                        results[i] = result(ref)
-                    except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                        results[i] = RunFailed.of(i, cfgs[i], exc)
+                        _record(results, i, cfgs[i], lambda: result(ref), on_result, bar)
                     finally:
                         release(pg)
-                    if on_result is not None:
-                        on_result(i, results[i])
-                    bar.advance()
         finally:
             bar.close()
         return results
@@ -146,13 +141,7 @@ def _run_many_warm(cfgs: list[Config], k: int, on_result: Callable[[int, Any], N
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 for f in done:
                     i = inflight.pop(f)
-                    try:
-                        results[i] = f.result()
-                    except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                        results[i] = RunFailed.of(i, cfgs[i], exc)
-                    if on_result is not None:
-                        on_result(i, results[i])
-                    bar.advance()
+                    _record(results, i, cfgs[i], f.result, on_result, bar)
     finally:
         bar.close()
         fed.shutdown()
@@ -168,16 +157,23 @@ def _run_many_local(cfgs: list[Config], on_result: Callable[[int, Any], None] | 
     bar = _bar(len(cfgs), progress, description)
     try:
         for i, cfg in enumerate(cfgs):
-            try:
-                results[i] = run(cfg, console_output=False)
-            except Exception as exc:  # noqa: BLE001 - recorded, the others go on
-                results[i] = RunFailed.of(i, cfg, exc)
-            if on_result is not None:
-                on_result(i, results[i])
-            bar.advance()
+            _record(results, i, cfg, lambda: run(cfg, console_output=False), on_result, bar)
     finally:
         bar.close()
     return results
+
+
+def _record(results: list[Any], i: int, cfg: Config, get: Callable[[], Any],
+            on_result: Callable[[int, Any], None] | None, bar: "_bar") -> None:
+    """Run ``i``'s outcome: its result, or the :class:`RunFailed` of what it raised (the
+    other runs go on); then the caller's callback and the progress bar."""
+    try:
+        results[i] = get()
+    except Exception as exc:  # noqa: BLE001 - recorded, the others go on
+        results[i] = RunFailed.of(i, cfg, exc)
+    if on_result is not None:
+        on_result(i, results[i])
+    bar.advance()
 
 
 class _bar:
