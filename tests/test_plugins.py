@@ -468,9 +468,17 @@ def test_a_module_the_workers_cannot_import_is_reported_with_the_fix(ray_session
         "import torch\n\ndef net(input_shape, n_outputs):\n    return torch.nn.Linear(input_shape[0], n_outputs)\n")
     monkeypatch.syspath_prepend(str(pkg))
     cfg, keys = _small(tmp_path, **{"run.rounds": 1, "model.module": "driver_only_net:net", "model.kwargs": {}})
-    with pytest.raises(Exception, match=r"(?s)model.module = 'driver_only_net:net': module driver_only_net not "
-                                        r"found.*importable in the driver and in every Ray worker"):
+    from raysim.config import ConfigError
+    from raysim.many import RunFailed, run_many
+
+    # a usage error naming the field and the fix (not Ray's ActorDiedError), on the Ray backend ...
+    with pytest.raises(ConfigError, match=r"(?s)^model.module = 'driver_only_net:net': module driver_only_net not "
+                                          r"found.*importable in the driver and in every Ray worker"):
         raysim.run(cfg, keys, cluster__backend="ray")
+    # ... and on a warm pool (a study's, a comparison's): the run fails with that error
+    res = run_many([raysim.load_config(cfg, keys, cluster__backend="ray", run__name="warm-bad")], progress=False)
+    assert isinstance(res[0], RunFailed) and "ConfigError: model.module = 'driver_only_net:net'" in str(res[0])
+    assert "ActorDiedError" not in str(res[0]).splitlines()[0]
     # the failed run's actors are gone: their CPUs are free again
     import time
 

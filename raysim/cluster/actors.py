@@ -10,7 +10,31 @@ from typing import Any
 import numpy as np
 import ray
 
-from raysim.config import Config
+from raysim.config import Config, ConfigError
+
+
+def config_error_of(exc: BaseException) -> ConfigError | None:
+    """The configuration error that made an actor's creation fail, when that is what happened.
+
+    An actor whose ``__init__`` raises (a user model or data loader its worker process cannot
+    import, say) reaches the driver as Ray's ``ActorDiedError``, whose message carries the
+    remote traceback; the raysim :class:`ConfigError` at its end (which names the field and
+    the fix) is returned so that the driver reports it as the usage error it is."""
+    text = str(exc)
+    for key in ("raysim.errors.ConfigError: ", "ConfigError: "):
+        i = text.rfind(key)
+        if i >= 0:
+            msg = text[i + len(key):].strip()
+            return ConfigError(msg) if msg else None
+    return None
+
+
+def raise_config_error_of(exc: BaseException) -> None:
+    """Re-raise a failed actor creation caused by a :class:`ConfigError` as that error."""
+    if isinstance(exc, ray.exceptions.RayActorError):
+        err = config_error_of(exc)
+        if err is not None:
+            raise err from None
 
 
 def _setup_process(threads: int) -> None:
