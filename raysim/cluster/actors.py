@@ -29,12 +29,19 @@ def config_error_of(exc: BaseException) -> ConfigError | None:
     return None
 
 
-def raise_config_error_of(exc: BaseException) -> None:
-    """Re-raise a failed actor creation caused by a :class:`ConfigError` as that error."""
-    if isinstance(exc, ray.exceptions.RayActorError):
+def get_ready(refs: Any, actors: list[Any]) -> Any:
+    """``ray.get`` of actors' first calls (their ``ready``); when an actor could not be created,
+    every one of ``actors`` is killed and a :class:`ConfigError` behind the failure (a plug-in
+    its worker cannot import, say) is raised as itself, naming the field and the fix."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayActorError as exc:
+        for a in actors:
+            ray.kill(a)
         err = config_error_of(exc)
         if err is not None:
             raise err from None
+        raise
 
 
 def _setup_process(threads: int) -> None:

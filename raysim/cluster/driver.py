@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from raysim.cluster.actors import ClientActor, ServerActor, raise_config_error_of
+from raysim.cluster.actors import ClientActor, ServerActor, get_ready
 from raysim.cluster.balance import contiguous_blocks, expected_work, greedy_balance, imbalance
 from raysim.config import Config, ConfigError
 from raysim.data.participation import build_participation
@@ -173,12 +173,7 @@ class RaySimulation:
             # client actors start while the server builds its state; else asked from the server
             sizes = driver_client_sizes(cfg)
             if sizes is None:
-                try:
-                    self.info = ray.get(server_ready)
-                except ray.exceptions.RayActorError as exc:   # the server could not be created
-                    ray.kill(self.server)
-                    raise_config_error_of(exc)                  # a ConfigError in it: that error
-                    raise
+                self.info = get_ready(server_ready, [self.server])
                 sizes = ray.get(self.server.client_sizes.remote())
             self.work = balance_work(cfg, self.participation, sizes)
         self.blocks = assign_clients(cfg.data.n_clients, cfg.n_actors(), self.work)
@@ -192,16 +187,10 @@ class RaySimulation:
             self.owner[b] = a
         t1 = time.perf_counter()
         self.startup["balance_s"] = t1 - t0
-        try:
-            if self.info is None:
-                self.info = ray.get(server_ready)
-            self.startup["server_ready_s"] = time.perf_counter() - t0
-            self.actor_info = ray.get([a.ready.remote() for a in self.actors])
-        except ray.exceptions.RayActorError as exc:   # an actor could not be created
-            for a in [self.server, *self.actors]:
-                ray.kill(a)
-            raise_config_error_of(exc)                  # a ConfigError in it: that error
-            raise
+        if self.info is None:
+            self.info = get_ready(server_ready, [self.server, *self.actors])
+        self.startup["server_ready_s"] = time.perf_counter() - t0
+        self.actor_info = get_ready([a.ready.remote() for a in self.actors], [self.server, *self.actors])
         self.startup["actors_ready_s"] = time.perf_counter() - t0
         self.steps_per_round = self.info["steps_per_round"]
         self.total_steps = self.info["total_steps"]

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from raysim.cluster.actors import _device, _setup_process, raise_config_error_of
+from raysim.cluster.actors import _device, _setup_process, get_ready
 from raysim.cluster.driver import by_actor
 from raysim.config import Config, ConfigError
 
@@ -338,14 +338,9 @@ class WarmPool:
         self.owner = np.empty(n, dtype=np.int64)
         for a, b in enumerate(self.blocks):
             self.owner[b] = a
-        try:
-            self.server_info, *self.actor_info = ray.get([self.server.ready.remote()]
-                                                          + [a.ready.remote() for a in self.actors])
-        except ray.exceptions.RayActorError as exc:   # an actor could not be created
-            for a in [self.server, *self.actors]:
-                ray.kill(a)
-            raise_config_error_of(exc)                  # a ConfigError in it: that error
-            raise
+        self.server_info, *self.actor_info = get_ready([self.server.ready.remote()]
+                                                       + [a.ready.remote() for a in self.actors],
+                                                       [self.server, *self.actors])
         self.build_s = time.perf_counter() - t0
         self.slots: dict[str, _Slot] = {}
         self.runs = 0
