@@ -56,15 +56,19 @@ def test_fused_flops_steps_equal_solo_steps_across_runs_at_different_steps():
     payloads = [c.payload() for c in cores]
     steps = [(v, c.step, pay, _mine(part, c.step, base), None) for v, c, pay in zip(views, cores, payloads)]
     fused = train_many(steps)
-    assert views[0].comp.algo.fuse_key() == views[1].comp.algo.fuse_key()     # one pass for these
-    for (v, step, pay, ids, work), got in zip(steps, fused):
-        _same(got, v.train(step, pay, ids, work))
+    assert len({v.comp.algo.fuse_key() for v in views}) == 1                  # one pass for these
+    # the fused pass itself (train_many would fall back to one run at a time on an error)
+    direct = type(views[0].comp.algo).client_update_many([v.job(st, pay, ids, w) for v, st, pay, ids, w in steps])
+    for (v, step, pay, ids, work), got, raw in zip(steps, fused, direct):
+        want = v.train(step, pay, ids, work)
+        _same(got, want)
+        _same(raw, want)
 
 
 def test_stragglers_and_pass_limits_and_unfusable_runs():
     cfgs = [_cfg("cluster.max_batch_clients=6", f"algorithm.eta_theta={e}") for e in (0.01, 0.05)]
     cfgs.append(_cfg("cluster.max_batch_clients=6", "algorithm.batch_size=3"))   # other mini-batch size
-    cfgs.append(_cfg("cluster.max_batch_clients=6", "algorithm.name='fedavg'"))  # no fused form
+    cfgs.append(_cfg("cluster.max_batch_clients=6", "algorithm.name='fedprox'"))  # no fused form
     base, views, cores, part = _setup(cfgs)
     assert views[2].comp.algo.fuse_key() != views[0].comp.algo.fuse_key()
     assert views[3].comp.algo.fuse_key() is None
@@ -74,6 +78,9 @@ def test_stragglers_and_pass_limits_and_unfusable_runs():
     for (v, step, pay, i, w), got in zip(steps, train_many(steps)):
         assert not isinstance(got, BaseException), got
         _same(got, v.train(step, pay, i, w))
+    direct = type(views[0].comp.algo).client_update_many([v.job(*rest) for v, *rest in steps[:2]])
+    for (v, step, pay, i, w), raw in zip(steps[:2], direct):       # the two fused FLoPS runs, stragglers included
+        _same(raw, v.train(step, pay, i, w))
     # more clients than max_batch_clients in one run: trained alone, in several passes
     many = base.ids[:9]
     got = train_many([(views[0], 0, cores[0].payload(), many, None)])[0]
@@ -169,3 +176,43 @@ def test_server_update_returns_a_new_state_and_bytes_come_from_the_broadcast(nam
     assert not any(str(k).startswith("_") for k in after)          # no byte counts parked in the state
     down, up = algo.comm_bytes(before, agg, n_selected=len(ids) + 2)
     assert down > 0 and up > 0 and down % (len(ids) + 2) == 0
+
+
+def test_fused_local_sgd_equals_solo_across_learning_rates_rounds_and_stragglers():
+    """fedavg, fedavgm and fed-ht runs (other local learning rates, rounds, server sides) train
+    their clients in one loop over local steps; every run's partial is the one it computes
+    alone. Algorithms with their own client step (fedprox, ser, fediter-ht, fedavg-prune,
+    fedeba, flops-pa) are not fused."""
+    cfgs = [_cfg("algorithm.name='fedavg'", f"algorithm.eta_local={e}", "algorithm.local_epochs=2")
+            for e in (0.01, 0.05)]
+    cfgs.append(_cfg("algorithm.name='fedavgm'", "algorithm.eta_local=0.03", "algorithm.local_epochs=2",
+                     "algorithm.weighting='uniform'"))
+    cfgs.append(_cfg("algorithm.name='fed-ht'", "algorithm.eta_local=0.02", "algorithm.local_epochs=2"))
+    base, views, cores, part = _setup(cfgs)
+    keys = {v.comp.algo.fuse_key() for v in views}
+    assert len(keys) == 1 and None not in keys
+    for lag, core in zip((0, 1, 2, 1), cores):      # the runs at different rounds
+        for step in range(lag):
+            ids = _mine(part, step, base)
+            core.apply(step, len(ids), [views[0].train(step, core.payload(), ids, None)])
+    for stragglers in (False, True):
+        steps = []
+        for v, c in zip(views, cores):
+            ids = _mine(part, c.step, base)
+            work = np.linspace(0.2, 1.0, len(ids)) if stragglers else None
+            steps.append((v, c.step, c.payload(), ids, work))
+        assert sum(len(s[3]) for s in steps) > 3
+        # the fused pass itself (train_many would fall back to one run at a time on an error)
+        direct = type(views[0].comp.algo).client_update_many([v.job(st, pay, ids, w) for v, st, pay, ids, w in steps])
+        for (v, step, pay, ids, w), got, raw in zip(steps, train_many(steps), direct):
+            assert not isinstance(got, BaseException), got
+            want = v.train(step, pay, ids, w)
+            _same(got, want)
+            _same(raw, want)
+            assert got.extra["up_bytes"] == want.extra["up_bytes"]
+            np.testing.assert_array_equal(got.client_steps, want.client_steps)
+        if stragglers:
+            assert any(np.any(s[4] < 1) for s in steps if s[4] is not None)
+    for name in ("fedprox", "ser", "fediter-ht", "fedavg-prune", "fedeba", "flops-pa"):
+        _, vs, _, _ = _setup([_cfg(f"algorithm.name='{name}'")])
+        assert vs[0].comp.algo.fuse_key() is None, name

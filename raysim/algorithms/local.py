@@ -231,6 +231,96 @@ class LocalTraining(Algorithm):
             client_n=n.cpu().numpy(), client_steps=plan["steps"].cpu().numpy().astype(np.float64),
             compute_s=time.perf_counter() - t0, extra=extra)
 
+    #: the client-side methods a fused pass reproduces (a subclass overriding any of them is
+    #: trained alone: FedProx, SER, FedIter-HT, FedAvg-prune, FedEBA, FLoPS-PA); upload_bytes
+    #: is called per run
+    _CLIENT_HOOKS = ("client_update", "local_plan", "local_batch", "run_local", "full_loss", "local_objective",
+                     "grad_mask", "project", "extra_sums", "sgd_step")
+
+    def fuse_key(self) -> tuple | None:
+        """Runs of plain local SGD (fedavg, fedavgm, fed-ht: the server sides may differ) with the same
+        model, mini-batch size and local epochs share one vectorised pass; their local
+        learning rates may differ (one per row)."""
+        cls = type(self)
+        if self.eta is None or any(getattr(cls, h) is not getattr(LocalTraining, h) for h in self._CLIENT_HOOKS):
+            return None
+        return (LocalTraining.client_update_many, id(self.model), int(self.cfg.batch_size), int(self.cfg.local_epochs))
+
+    @staticmethod
+    def client_update_many(jobs: list[tuple]) -> list[Partial]:
+        """The local training of several runs in ONE loop over local steps.
+
+        ``jobs[i] = (algo, payload, data, idx, ctx, work)`` with one :meth:`fuse_key`. Every
+        run's clients are rows with that run's broadcast model and learning rate; their epoch
+        permutations are keyed by (seed, client, that run's round) exactly as alone, so each
+        row follows the path it follows in a solo run, and each run's partial is summed from
+        its own rows (float64, the solo order)."""
+        if len(jobs) == 1:
+            algo, payload, data, idx, ctx, work = jobs[0]
+            return [algo.client_update(payload, data, idx, ctx, work)]
+        t0 = time.perf_counter()
+        lead, data = jobs[0][0], jobs[0][2]
+        dev = data.x.device
+        n_max = data.x.shape[1]
+        E = int(lead.cfg.local_epochs)
+        b = max(1, min(int(lead.cfg.batch_size), n_max))
+        thetas, etas, idxs, ids_l, steps_l, keys = [], [], [], [], [], [[] for _ in range(E)]
+        for algo, payload, d, idx, ctx, work in jobs:
+            theta = torch.as_tensor(payload["theta"], device=dev)
+            ids = d.ids[idx.cpu().numpy()]
+            n = d.n[idx]
+            steps = E * torch.clamp((n + b - 1) // b, min=1)
+            if work is not None:
+                w = torch.as_tensor(np.asarray(work, dtype=np.float64), device=dev)
+                steps = torch.clamp(torch.ceil(w * steps.double()).long(), min=1, max=None).minimum(steps)
+            for e in range(E):
+                keys[e].append(rngmod.row_keys(ctx.seed, "local-batch", ids, ctx.step * LOCAL_STRIDE + e))
+            k = ids.size
+            thetas.append(theta.expand(k, -1))
+            etas.append(torch.full((k,), float(algo.eta), dtype=theta.dtype, device=dev))
+            idxs.append(idx)
+            ids_l.append(ids)
+            steps_l.append(steps)
+        idx_all = torch.cat(idxs)
+        n_all = data.n[idx_all]
+        pos = torch.arange(n_max, device=dev)
+        perms = []
+        for e in range(E):
+            u = torch.from_numpy(rngmod.uniform_rows(np.concatenate(keys[e]), n_max)).to(dev)
+            perms.append(torch.argsort(torch.where(pos[None, :] < n_all[:, None], u, torch.full_like(u, 2.0)), dim=1))
+        plan = {"ids": np.concatenate(ids_l), "n": n_all, "b": b, "spe": torch.clamp((n_all + b - 1) // b, min=1),
+                "steps": torch.cat(steps_l), "perms": torch.stack(perms), "E": E}
+        theta0 = torch.cat(thetas)
+        eta = torch.cat(etas)[:, None]
+        mask0 = pos[None, :] < n_all[:, None]
+        with torch.no_grad():
+            loss0 = lead.model.client_loss(theta0, data.x[idx_all], data.y[idx_all], mask0)
+
+        def step(th, xb, yb, mask, active, s):
+            th = th.detach().requires_grad_(True)
+            g = torch.autograd.grad(lead.model.client_loss(th, xb, yb, mask).sum(), th)[0]
+            return th.detach() - eta * (g * active[:, None].to(g.dtype))
+
+        th = lead.run_local(theta0.clone(), data, idx_all, plan, step)
+        delta = th - theta0
+        out, a = [], 0
+        loss0 = loss0.cpu().numpy()
+        for (algo, payload, d, idx, ctx, work), ids, steps in zip(jobs, ids_l, steps_l):
+            k = ids.size
+            n = d.n[idx]
+            c = client_weights(n, algo.cfg.weighting).to(dev)
+            dk = delta[a: a + k]
+            out.append(Partial(
+                sums={"delta": (c.double()[:, None] * dk.double()).sum(0).cpu().numpy()},
+                weight=float(c.double().sum()), client_ids=ids, client_loss=loss0[a: a + k],
+                client_n=n.cpu().numpy(), client_steps=steps.cpu().numpy().astype(np.float64),
+                extra={"up_bytes": algo.upload_bytes(payload, th[a: a + k], dk)}))
+            a += k
+        dt = time.perf_counter() - t0
+        for part in out:
+            part.compute_s = dt
+        return out
+
     # -- server --------------------------------------------------------------------------
     def server_update(self, state: State, agg: Aggregate, ctx: StepContext) -> State:
         theta = state["theta"]
