@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from raysim.algorithms import Algorithm, Partial, Schedule, StepContext, aggregate, algorithm_class, build_algorithm  # noqa: F401
-from raysim.algorithms.base import make_schedule  # noqa: F401 - re-exported
+from raysim.algorithms import Algorithm, Partial, Schedule, StepContext, aggregate, build_algorithm
+from raysim.algorithms.base import make_schedule
 from raysim.config import Config
 from raysim.data import Federation, build_federation, stack_clients
-from raysim.metrics import fairness, fairness_from_scores, soft_iou, support_metrics  # noqa: F401 - re-exported
+from raysim.metrics import soft_iou, support_metrics
 from raysim.models import Model, model_for
 
 
@@ -128,14 +128,16 @@ class ClientCohort:
             return [self.evaluate(thetas[0])]
         th = torch.as_tensor(np.stack(thetas), device=self.device)
         d = self.data
-        mask = torch.arange(d.x_hold.shape[1], device=self.device)[None, :] < d.n_hold[:, None]
         model = self.comp.model
+        segments = getattr(model, "client_scores_segments", None) is not None
+        flat = getattr(self, "_hold_flat", None)
+        if flat is None or not segments:
+            mask = torch.arange(d.x_hold.shape[1], device=self.device)[None, :] < d.n_hold[:, None]
+            if segments:   # the held-out samples end to end, once per cohort
+                seg = torch.arange(mask.shape[0], device=self.device)[:, None].expand_as(mask)[mask]
+                flat = self._hold_flat = (d.x_hold[mask], d.y_hold[mask], seg, mask.shape[0])
         with torch.no_grad():
-            if getattr(model, "client_scores_segments", None) is not None:
-                flat = getattr(self, "_hold_flat", None)
-                if flat is None:   # the held-out samples end to end, once per cohort
-                    seg = torch.arange(mask.shape[0], device=self.device)[:, None].expand_as(mask)[mask]
-                    flat = self._hold_flat = (d.x_hold[mask], d.y_hold[mask], seg, mask.shape[0])
+            if segments:
                 s = model.client_scores_segments(th, *flat)
             else:
                 s = model.client_scores_many(th, d.x_hold, d.y_hold, mask)
@@ -163,25 +165,29 @@ def train_many(steps: list[tuple[ClientCohort, int, dict[str, Any], np.ndarray, 
             groups.setdefault((key, id(cohort.data), size), []).append(i)
     for key, members in groups.items():
         if key[0] == "solo":
-            i = members[0]
-            cohort, step, payload, ids, work = steps[i]
-            try:
-                out[i] = cohort.train(step, payload, ids, work)
-            except Exception as exc:  # noqa: BLE001 - reported for this run only
-                out[i] = exc
+            out[members[0]] = _train_alone(steps[members[0]])
             continue
         size = key[2]
         chunk: list[int] = []
         rows = 0
-        for i in members + [None]:
-            k = None if i is None else len(steps[i][3])
-            if chunk and (i is None or rows + k > size):
+        for i in members:
+            k = len(steps[i][3])
+            if chunk and rows + k > size:
                 _train_fused(steps, chunk, out)
                 chunk, rows = [], 0
-            if i is not None:
-                chunk.append(i)
-                rows += k
+            chunk.append(i)
+            rows += k
+        _train_fused(steps, chunk, out)
     return out
+
+
+def _train_alone(step_args: tuple) -> Any:
+    """``ClientCohort.train`` of one run of :func:`train_many`, or the exception it raised."""
+    cohort, step, payload, ids, work = step_args
+    try:
+        return cohort.train(step, payload, ids, work)
+    except Exception as exc:  # noqa: BLE001 - reported for this run only
+        return exc
 
 
 def _train_fused(steps: list[tuple], chunk: list[int], out: list[Any]) -> None:
@@ -199,11 +205,7 @@ def _train_fused(steps: list[tuple], chunk: list[int], out: list[Any]) -> None:
         parts = type(jobs[0][0]).client_update_many(jobs)
     except Exception:  # noqa: BLE001 - find the run at fault: each alone
         for i in live:
-            cohort, step, payload, ids, work = steps[i]
-            try:
-                out[i] = cohort.train(step, payload, ids, work)
-            except Exception as exc:  # noqa: BLE001
-                out[i] = exc
+            out[i] = _train_alone(steps[i])
         return
     for i, part in zip(live, parts):
         out[i] = _to_host(part)

@@ -22,7 +22,8 @@ import numpy as np
 
 from raysim.config import Config
 from raysim.data.participation import build_participation
-from raysim.engine import ClientCohort, ServerCore, fairness_from_scores
+from raysim.engine import ClientCohort, ServerCore
+from raysim.metrics import fairness_from_scores
 
 
 def local_step(core: ServerCore, cohort: ClientCohort, participation: Any, step: int,

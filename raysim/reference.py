@@ -14,7 +14,8 @@ import numpy as np
 
 from raysim.config import Config
 from raysim.data.participation import build_participation
-from raysim.engine import ClientCohort, ServerCore, fairness_from_scores
+from raysim.engine import ClientCohort, ServerCore
+from raysim.metrics import fairness_from_scores
 from raysim.local import local_step
 
 
