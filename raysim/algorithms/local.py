@@ -62,6 +62,32 @@ class LocalSGDParams(RoundParams):
 LOCAL_STRIDE = 1 << 20
 
 
+def epoch_keys(ctx: StepContext, ids: np.ndarray, epochs: int) -> list[np.ndarray]:
+    """The per-row keys of each local epoch's permutation (seed, client, round, epoch)."""
+    return [rngmod.row_keys(ctx.seed, "local-batch", ids, ctx.step * LOCAL_STRIDE + e) for e in range(epochs)]
+
+
+def plan_rows(data: StackedClients, idx: torch.Tensor, ids: np.ndarray, epochs: int, batch_size: int,
+              keys: list[np.ndarray], work: np.ndarray | None) -> dict[str, Any]:
+    """Steps per row, epoch permutations (from each epoch's row ``keys``) and batch geometry of
+    a round's local training; the rows may be the clients of several runs (a fused pass)."""
+    dev = data.x.device
+    n = data.n[idx]
+    n_max = data.x.shape[1]
+    b = max(1, min(int(batch_size), n_max))
+    spe = torch.clamp((n + b - 1) // b, min=1)
+    steps = epochs * spe
+    if work is not None:
+        w = torch.as_tensor(np.asarray(work, dtype=np.float64), device=dev)
+        steps = torch.clamp(torch.ceil(w * steps.double()).long(), min=1, max=None).minimum(steps)
+    pos = torch.arange(n_max, device=dev)
+    perms = []
+    for k in keys:
+        u = torch.from_numpy(rngmod.uniform_rows(k, n_max)).to(dev)
+        perms.append(torch.argsort(torch.where(pos[None, :] < n[:, None], u, torch.full_like(u, 2.0)), dim=1))
+    return {"ids": ids, "n": n, "b": b, "spe": spe, "steps": steps, "perms": torch.stack(perms), "E": epochs}
+
+
 def hard_threshold(v: torch.Tensor, m: int) -> torch.Tensor:
     """H_m: keep the m largest |v| of each row (of the last axis), zero the rest."""
     if m >= v.shape[-1]:
@@ -122,25 +148,9 @@ class LocalTraining(Algorithm):
     def local_plan(self, data: StackedClients, idx: torch.Tensor, ctx: StepContext,
                    work: np.ndarray | None) -> dict[str, Any]:
         """Steps per client, epoch permutations and batch geometry for this round."""
-        dev = data.x.device
         ids = data.ids[idx.cpu().numpy()]
-        n = data.n[idx]
-        n_max = data.x.shape[1]
         E = int(self.cfg.local_epochs)
-        b = max(1, min(int(self.cfg.batch_size), n_max))
-        spe = torch.clamp((n + b - 1) // b, min=1)
-        steps = E * spe
-        if work is not None:
-            w = torch.as_tensor(np.asarray(work, dtype=np.float64), device=dev)
-            steps = torch.clamp(torch.ceil(w * steps.double()).long(), min=1, max=None).minimum(steps)
-        pos = torch.arange(n_max, device=dev)
-        perms = []
-        for e in range(E):
-            keys = torch.from_numpy(rngmod.uniform(ctx.seed, "local-batch", ids, ctx.step * LOCAL_STRIDE + e, n_max))
-            keys = keys.to(dev)
-            keys = torch.where(pos[None, :] < n[:, None], keys, torch.full_like(keys, 2.0))
-            perms.append(torch.argsort(keys, dim=1))
-        return {"ids": ids, "n": n, "b": b, "spe": spe, "steps": steps, "perms": torch.stack(perms), "E": E}
+        return plan_rows(data, idx, ids, E, self.cfg.batch_size, epoch_keys(ctx, ids, E), work)
 
     def local_batch(self, data: StackedClients, idx: torch.Tensor, plan: dict[str, Any], s: int):
         """Mini-batch of local step s for every client: x ``[K, b, ...]``, y, mask ``[K, b]``, active ``[K]``."""
@@ -167,7 +177,8 @@ class LocalTraining(Algorithm):
         return carry
 
     def full_loss(self, theta: torch.Tensor, data: StackedClients, idx: torch.Tensor) -> torch.Tensor:
-        """Each client's loss F_k on all its training data at the broadcast model ``[P]``: ``[K]``."""
+        """Each client's loss F_k on all its training data at the broadcast model (``[P]``, or
+        one row per client ``[K, P]``): ``[K]``."""
         k = idx.numel()
         n_max = data.x.shape[1]
         mask = torch.arange(n_max, device=data.x.device)[None, :] < data.n[idx][:, None]
@@ -200,7 +211,11 @@ class LocalTraining(Algorithm):
         return {}
 
     # -- client --------------------------------------------------------------------------
-    def sgd_step(self, anchor: torch.Tensor, gmask: torch.Tensor | None):
+    def sgd_step(self, anchor: torch.Tensor, gmask: torch.Tensor | None, eta: Any = None):
+        """One local SGD step of every client; ``eta``: the learning rate (default
+        ``eta_local``; a ``[K, 1]`` tensor gives each row its own)."""
+        eta = self.eta if eta is None else eta
+
         def step(th, xb, yb, mask, active, s):
             th = th.detach().requires_grad_(True)
             obj = self.local_objective(th, xb, yb, mask, anchor)
@@ -208,7 +223,7 @@ class LocalTraining(Algorithm):
             g = g * active[:, None].to(g.dtype)
             if gmask is not None:
                 g = g * gmask
-            return self.project(th.detach() - self.eta * g)
+            return self.project(th.detach() - eta * g)
         return step
 
     def client_update(self, payload, data, idx, ctx: StepContext, work=None) -> Partial:
@@ -261,52 +276,31 @@ class LocalTraining(Algorithm):
         t0 = time.perf_counter()
         lead, data = jobs[0][0], jobs[0][2]
         dev = data.x.device
-        n_max = data.x.shape[1]
         E = int(lead.cfg.local_epochs)
-        b = max(1, min(int(lead.cfg.batch_size), n_max))
-        thetas, etas, idxs, ids_l, steps_l, keys = [], [], [], [], [], [[] for _ in range(E)]
+        thetas, etas, ids_l, works, keys = [], [], [], [], [[] for _ in range(E)]
         for algo, payload, d, idx, ctx, work in jobs:
             theta = torch.as_tensor(payload["theta"], device=dev)
             ids = d.ids[idx.cpu().numpy()]
-            n = d.n[idx]
-            steps = E * torch.clamp((n + b - 1) // b, min=1)
-            if work is not None:
-                w = torch.as_tensor(np.asarray(work, dtype=np.float64), device=dev)
-                steps = torch.clamp(torch.ceil(w * steps.double()).long(), min=1, max=None).minimum(steps)
-            for e in range(E):
-                keys[e].append(rngmod.row_keys(ctx.seed, "local-batch", ids, ctx.step * LOCAL_STRIDE + e))
             k = ids.size
+            for e, row_keys in enumerate(epoch_keys(ctx, ids, E)):
+                keys[e].append(row_keys)
             thetas.append(theta.expand(k, -1))
             etas.append(torch.full((k,), float(algo.eta), dtype=theta.dtype, device=dev))
-            idxs.append(idx)
             ids_l.append(ids)
-            steps_l.append(steps)
-        idx_all = torch.cat(idxs)
-        n_all = data.n[idx_all]
-        pos = torch.arange(n_max, device=dev)
-        perms = []
-        for e in range(E):
-            u = torch.from_numpy(rngmod.uniform_rows(np.concatenate(keys[e]), n_max)).to(dev)
-            perms.append(torch.argsort(torch.where(pos[None, :] < n_all[:, None], u, torch.full_like(u, 2.0)), dim=1))
-        plan = {"ids": np.concatenate(ids_l), "n": n_all, "b": b, "spe": torch.clamp((n_all + b - 1) // b, min=1),
-                "steps": torch.cat(steps_l), "perms": torch.stack(perms), "E": E}
+            works.append(np.ones(k) if work is None else np.asarray(work, dtype=np.float64))
+        idx_all = torch.cat([job[3] for job in jobs])
+        stragglers = any(job[5] is not None for job in jobs)      # a full share of work changes nothing
+        plan = plan_rows(data, idx_all, np.concatenate(ids_l), E, lead.cfg.batch_size,
+                         [np.concatenate(k) for k in keys], np.concatenate(works) if stragglers else None)
         theta0 = torch.cat(thetas)
-        eta = torch.cat(etas)[:, None]
-        mask0 = pos[None, :] < n_all[:, None]
-        with torch.no_grad():
-            loss0 = lead.model.client_loss(theta0, data.x[idx_all], data.y[idx_all], mask0)
-
-        def step(th, xb, yb, mask, active, s):
-            th = th.detach().requires_grad_(True)
-            g = torch.autograd.grad(lead.model.client_loss(th, xb, yb, mask).sum(), th)[0]
-            return th.detach() - eta * (g * active[:, None].to(g.dtype))
-
-        th = lead.run_local(theta0.clone(), data, idx_all, plan, step)
+        loss0 = lead.full_loss(theta0, data, idx_all).cpu().numpy()
+        # the base client step (fuse_key guarantees these runs use it), one learning rate per row
+        th = lead.run_local(theta0.clone(), data, idx_all, plan, lead.sgd_step(theta0, None, torch.cat(etas)[:, None]))
         delta = th - theta0
         out, a = [], 0
-        loss0 = loss0.cpu().numpy()
-        for (algo, payload, d, idx, ctx, work), ids, steps in zip(jobs, ids_l, steps_l):
+        for (algo, payload, d, idx, ctx, work), ids in zip(jobs, ids_l):
             k = ids.size
+            steps = plan["steps"][a: a + k]
             n = d.n[idx]
             c = client_weights(n, algo.cfg.weighting).to(dev)
             dk = delta[a: a + k]
