@@ -121,24 +121,15 @@ class LinearRegression(Model):
     def client_scores(self, theta, x, y, mask):
         return _regression_scores(x @ theta[: self.p_in] + theta[self.p_in], y, mask)
 
-    def client_scores_many(self, thetas, x, y, mask):
-        pred = torch.einsum("knp,sp->skn", x, thetas[:, : self.p_in]) + thetas[:, self.p_in, None, None]
-        m = mask.to(pred.dtype)
-        cnt = m.sum(1).clamp_min(1.0)
-        mean_y = (y * m).sum(1) / cnt
-        sse = (((pred - y) ** 2) * m).sum(-1)
-        sst = (((y - mean_y[:, None]) ** 2) * m).sum(1)
-        return torch.where(sst > 0, 1.0 - sse / sst.clamp_min(1e-12), torch.full_like(sse, float("nan")))
-
     def client_scores_segments(self, thetas, xf, yf, seg, k):
         """:meth:`client_scores_many` on the held-out samples laid end to end (``xf [N, p]``,
         ``yf [N]``, client ``seg [N]`` in ``range(k)``): no work on padding, which the
         largest client makes most of a skewed federation's padded held-out block."""
         pred = xf @ thetas[:, : self.p_in].T + thetas[:, self.p_in]            # [N, S]
         cnt = torch.bincount(seg, minlength=k).to(yf.dtype).clamp_min(1.0)
-        mean_y = torch.zeros(k, dtype=yf.dtype).index_add_(0, seg, yf) / cnt
-        sst = torch.zeros(k, dtype=yf.dtype).index_add_(0, seg, (yf - mean_y[seg]) ** 2)
-        sse = torch.zeros(k, thetas.shape[0], dtype=pred.dtype).index_add_(0, seg, (pred - yf[:, None]) ** 2)
+        mean_y = yf.new_zeros(k).index_add_(0, seg, yf) / cnt
+        sst = yf.new_zeros(k).index_add_(0, seg, (yf - mean_y[seg]) ** 2)
+        sse = pred.new_zeros(k, thetas.shape[0]).index_add_(0, seg, (pred - yf[:, None]) ** 2)
         r2 = torch.where(sst[:, None] > 0, 1.0 - sse / sst.clamp_min(1e-12)[:, None], torch.full_like(sse, float("nan")))
         return r2.T
 
