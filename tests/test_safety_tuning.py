@@ -163,3 +163,19 @@ def test_second_driver_on_rdb_storage_joins_without_failing_live_trials(tmp_path
     trials = optuna.load_study(study_name="join", storage=url).get_trials()
     assert not [t.number for t in trials if t.state == TrialState.FAIL]
     assert all(t.state == TrialState.COMPLETE for t in trials) and len(trials) >= 5
+
+
+def test_a_trial_killed_before_its_parameters_does_not_count(tmp_path):
+    """A driver killed between creating a trial and drawing its parameters leaves a RUNNING
+    trial with none: there is nothing to re-run, it is failed as interrupted, and the study
+    still reaches the requested number of COMPLETE trials."""
+    path, out = _study(tmp_path, "bare", n_trials=2), tmp_path / "o"
+    spec = load_spec(path)
+    study = open_study(spec, str(out / "study.journal"))
+    study.ask()                                                   # RUNNING, no parameters
+    res = run_study(spec, out=out, progress=False, report=False)
+    trials = res.study.get_trials()
+    assert res.stale == [0]
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["error"] == STALE_ERROR
+    assert not [t for t in trials if t.user_attrs.get("rerun_of") == 0]
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2 and res.n_new == 2

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from raysim.cli import main as cli_main
 from raysim.tuning.spec import load_spec
-from raysim.tuning.study import FINISHED, STALE_ERROR, open_storage, run_study
+from raysim.tuning.study import FINISHED, STALE_ERROR, interrupted, open_storage, run_study
 
 pytestmark = pytest.mark.ray
 
@@ -95,7 +95,7 @@ def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path, path_k
     trials = res.study.get_trials()
     # the interrupted trials are failed and their parameters run again: the requested total
     # finishes besides them, and no trial runs twice
-    assert len([t for t in trials if t.state in FINISHED and not t.user_attrs.get("requeued")]) == total
+    assert len([t for t in trials if t.state in FINISHED and not interrupted(t)]) == total
     assert all(t.state in FINISHED for t in trials)                      # nothing left running
     assert res.stale == running and res.n_new == total - n_before >= 2
     # the trials finished before the kill are untouched; every new trial has its own run folder
@@ -105,7 +105,10 @@ def test_killed_study_resumes_with_parallel_trials(ray_session, tmp_path, path_k
     for n in running:
         assert trials[n].state == TrialState.FAIL and trials[n].user_attrs["error"] == STALE_ERROR
         rerun = [t for t in trials if t.user_attrs.get("rerun_of") == n]
-        assert len(rerun) == 1 and rerun[0].params == trials[n].params
+        if trials[n].params:     # killed with its parameters drawn: they run once more
+            assert len(rerun) == 1 and rerun[0].params == trials[n].params
+        else:                    # killed before: nothing to re-run, and it does not count
+            assert not rerun and interrupted(trials[n])
     new = [t for t in trials if t.number >= n_before + len(running)]
     assert all(t.state == TrialState.COMPLETE for t in new), [t.user_attrs.get("error") for t in new]
     a, b = new[:2]                                                       # two trials ran at the same time

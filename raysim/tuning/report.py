@@ -77,7 +77,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
         # run outcome (raysim.outcome): ok, diverged, empty_model, no_participation; interrupted trials
         # that were queued again say so
-        row["status"] = ua.get("status") or ("interrupted" if ua.get("requeued") else
+        row["status"] = ua.get("status") or ("interrupted" if ua.get("interrupted") or ua.get("requeued") else
                                              ("ok" if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None))
         row["error"] = ua.get("error")
         rows.append(row)

@@ -277,7 +277,9 @@ def fail_stale_trials(study: optuna.Study, requeue: bool = True) -> list[int]:
     parameters again so that they are re-run; returns their numbers.
 
     A RUNNING trial of another live driver is never touched (:func:`_is_stale`). A stale trial
-    is marked ``requeued`` before it is failed, so a driver killed again later never enqueues
+    is marked ``interrupted`` (it never counts toward ``n_trials``, even when the kill came
+    before its parameters were drawn and there is nothing to re-run) and, when it has
+    parameters, ``requeued`` before it is failed, so a driver killed again later never enqueues
     the same parameters twice.
     """
     storage = study._storage
@@ -292,6 +294,7 @@ def fail_stale_trials(study: optuna.Study, requeue: bool = True) -> list[int]:
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "error", STALE_ERROR)
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             if requeue and t.params:
                 storage.set_trial_user_attr(t._trial_id, "requeued", True)
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
@@ -317,10 +320,15 @@ class _Tagged:
 
 
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count toward ``n_trials``: COMPLETE, PRUNED and FAIL, except interrupted
-    trials whose parameters were queued again (their re-run counts instead)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED)
-               if not (t.state == TrialState.FAIL and t.user_attrs.get("requeued")))
+    """Trials that count toward ``n_trials``: COMPLETE, PRUNED and FAIL, except trials
+    interrupted by a killed driver (a re-run of their parameters counts instead)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=FINISHED) if not interrupted(t))
+
+
+def interrupted(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial left running by a killed driver and failed on resume (``requeued``: the mark of
+    journals written before ``interrupted`` existed)."""
+    return t.state == TrialState.FAIL and bool(t.user_attrs.get("interrupted") or t.user_attrs.get("requeued"))
 
 
 # -- the reporter actor ---------------------------------------------------------------------
