@@ -93,10 +93,40 @@ def init_ray(cfg: Config) -> bool:
         ray.init(address=address, **kwargs)
     else:
         need = cfg.cluster.server_num_cpus + cfg.n_actors() * cfg.cluster.num_cpus
-        # Logical CPUs: a local simulation may oversubscribe the cores (actors mostly wait).
-        quiet_local_ray()
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), **LOCAL_INIT, **kwargs)
+        start_local_ray(need, **kwargs)
     return True
+
+
+def start_local_ray(cpus: float, **kwargs: Any) -> None:
+    """Start a NEW local Ray instance for runs that need ``cpus`` logical CPUs in all.
+
+    Logical CPUs: at least the machine's cores (a local simulation may oversubscribe the
+    cores: its actors mostly wait on each other). Ray starts that many worker processes ahead
+    of time; with ``LOCAL_INIT`` they import raysim's compute modules while Ray finishes
+    starting. (Starting one per actor of the first run instead, all at once, made ``ray.init``
+    itself slower on a 2-core laptop than it saved: measured, not kept.)"""
+    quiet_local_ray()
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)), **LOCAL_INIT, **kwargs)
+
+
+def stop_local_ray() -> None:
+    """End the local Ray instance this process started (:func:`start_local_ray`).
+
+    Ray's shutdown stops its GCS before the autoscaler monitor of a local instance; the
+    monitor then answers SIGTERM by trying to report to the stopped GCS and is killed after a
+    one-second timeout, a second added to every local run (scripts/startup_profile.py). A
+    local single-node instance has no autoscaling state to save, so the monitor is killed
+    first. This reaches into Ray's private node object; if that is not there (another Ray
+    version), the plain shutdown runs as before."""
+    try:
+        node = getattr(ray._private.worker, "_global_node", None)
+        procs = getattr(node, "all_processes", None) or {}
+        for info in procs.get("monitor", []):
+            info.process.kill()
+            info.process.wait(timeout=1)
+    except Exception:  # noqa: BLE001 - best effort: ray.shutdown below stops it the slow way
+        pass
+    ray.shutdown()
 
 
 #: ``ray.init`` settings of a NEW local Ray instance: no dashboard, and the worker processes
@@ -268,7 +298,7 @@ class RaySimulation:
         finally:
             if self.owns_ray:
                 self.owns_ray = False
-                ray.shutdown()
+                stop_local_ray()
 
 
 def open_ray_simulation(cfg: Config, placement_group: Any = None, check_data: bool = True) -> RaySimulation:
@@ -280,7 +310,7 @@ def open_ray_simulation(cfg: Config, placement_group: Any = None, check_data: bo
         sim = RaySimulation(cfg, placement_group=placement_group, check_data=check_data)
     except BaseException:
         if started:
-            ray.shutdown()
+            stop_local_ray()
         raise
     sim.owns_ray = started
     return sim

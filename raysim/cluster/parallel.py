@@ -18,7 +18,6 @@ sits above the run and calls down into these; nothing here knows what a run does
 from __future__ import annotations
 
 import logging
-import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -28,7 +27,6 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 
 from raysim.config import Config
 from raysim.outcome import StopRun
-from raysim.quiet import quiet_local_ray
 
 
 def run_bundles(cfg: Config) -> list[dict[str, float]]:
@@ -83,18 +81,18 @@ def init_ray_for(cfgs: Sequence[Config], max_parallel: int | None = None) -> boo
     if address:
         ray.init(address=address, **kw)
     else:
-        per_run = max((run_cpus(c) for c in cfgs), default=1.0)
-        k = max_parallel or 1
-        quiet_local_ray()
-        from raysim.cluster.driver import LOCAL_INIT
+        from raysim.cluster.driver import start_local_ray
 
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(per_run * k)), **LOCAL_INIT, **kw)
+        per_run = max((run_cpus(c) for c in cfgs), default=1.0)
+        start_local_ray(per_run * (max_parallel or 1), **kw)
     return True
 
 
 def shutdown_ray() -> None:
     """End the Ray instance this process started (:func:`init_ray_for`, ``driver.init_ray``)."""
-    ray.shutdown()
+    from raysim.cluster.driver import stop_local_ray
+
+    stop_local_ray()
 
 
 def default_parallel(cfgs: Sequence[Config]) -> int:
