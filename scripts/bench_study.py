@@ -1,9 +1,14 @@
 """Trials per hour of a tuning study, and cells per hour of a small stress grid, run warm and
 batched (the default) and cold (``--cold``: fresh actors in a placement group per trial/cell).
 
-    python scripts/bench_study.py                                   # lr-ratios: 48 warm, 8 cold trials
+    python scripts/bench_study.py                                   # lr-ratios: 48 trials each way
     python scripts/bench_study.py --warm-trials 48 --cold-trials 8 --parallel 8 --cold-parallel 2
     python scripts/bench_study.py --skip-stress                     # the study only
+
+Both modes run the same number of trials by default: with its own Ray, a mode's one-off costs
+(Ray's start and stop, the warm pool's start) are spread over its trials, so a cold study of
+fewer trials would look slower per trial than a cold study of the same size (``--cold-trials``
+shortens the cold mode, at that cost in fairness; it matters little with ``--ray shared``).
 
 Each mode runs in a fresh study folder under ``--out`` (default: a temporary folder), in this
 process. ``--ray own`` (as ``raysim tune`` on a laptop): each mode starts and stops its own local
@@ -112,7 +117,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", default=str(ROOT / "tuning" / "lr-ratios.toml"))
     ap.add_argument("--warm-trials", type=int, default=48)
-    ap.add_argument("--cold-trials", type=int, default=8)
+    ap.add_argument("--cold-trials", type=int, default=None, help="default: as many as --warm-trials")
     ap.add_argument("--parallel", type=int, default=8, help="warm: trials batched together")
     ap.add_argument("--cold-parallel", type=int, default=2, help="cold: trials at once (placement groups)")
     ap.add_argument("--skip-study", action="store_true")
@@ -124,6 +129,8 @@ def main() -> int:
     ap.add_argument("--out", help="folder for the studies and grids (default: a temporary folder)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    if args.cold_trials is None:
+        args.cold_trials = args.warm_trials
     out = Path(args.out or tempfile.mkdtemp(prefix="raysim-bench-study-"))
     results: dict = {"machine": load(), "out": str(out)}
     print(f"bench_study: {results['machine']}; output in {out}", flush=True)

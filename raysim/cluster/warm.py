@@ -39,6 +39,7 @@ import os
 import threading
 import time
 import traceback
+import queue
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -345,6 +346,10 @@ class WarmPool:
         self.slots: dict[str, _Slot] = {}
         self.runs = 0
         self.lock = threading.Condition()
+        self.evaluator: queue.SimpleQueue = queue.SimpleQueue()
+        self.eval_thread = threading.Thread(target=self._await_evaluations, daemon=True,
+                                            name=f"raysim-warm-eval-{fingerprint}")
+        self.eval_thread.start()
         self.batcher = _Batcher(self)
         self.closed = False
         #: an actor of the pool is gone for good (the server, or a client actor past its
@@ -380,17 +385,21 @@ class WarmPool:
     def shutdown(self) -> None:
         self.closed = True
         self.batcher.stop()
+        self.evaluator.put(None)
         for a in self.actors:
             ray.kill(a)
         ray.kill(self.server)
 
     # -- one batched cycle (called by the batcher thread) ---------------------------------
     def cycle(self, rounds: list[tuple[_Slot, Future]], evals: list[tuple[_Slot, bool, Future]]) -> None:
-        """Issue the rounds and the evaluations of these slots together, then wait once.
+        """Issue the rounds and the evaluations of these slots together; wait for the rounds.
 
         A round request of a slot whose run evaluates after that round (every
         ``run.eval_every`` rounds and the last) also evaluates it in the same cycle: its
-        future gets ``(row, metrics)``; a plain evaluation request gets the metrics."""
+        future gets ``(row, evaluation future)`` (else ``(row, None)``); a plain evaluation
+        request's future gets the metrics. Evaluations are awaited by the pool's evaluation
+        thread, so the next cycle's training (queued behind them on each actor) starts while
+        the driver still waits for them, instead of one driver round trip later."""
         t0 = time.perf_counter()
         round_ref = None
         if rounds:
@@ -429,49 +438,23 @@ class WarmPool:
                     s.payload = (bundle, i)
             round_ref = self.server.end_round.remote([s.key for s, _ in rounds])
         # evaluations: the explicit ones, then those that close a round of this cycle
-        todo = [(s, final) for s, final, _ in evals]
-        closing = {}
+        todo = [(s, final, fut) for s, final, fut in evals]
+        closing: dict[str, Future] = {}
         for s, _ in rounds:
             end = ends[s.key]
             rnd = math.ceil(end / s.spr)
             if rnd % s.cfg.run.eval_every == 0 or end >= s.total_steps:
-                closing[s.key] = len(todo)
-                todo.append((s, end >= s.total_steps))
-        eval_refs = None
+                closing[s.key] = Future()
+                todo.append((s, end >= s.total_steps, closing[s.key]))
         if todo:
-            entries = [(s.key, final) for s, final in todo]
+            # issued after this cycle's rounds and before the next cycle's (Ray runs one caller's
+            # calls to an actor in order), so each evaluation sees the state after its round;
+            # their results are awaited by the pool's evaluation thread while the next cycle runs
+            entries = [(s.key, final) for s, final, _ in todo]
             metrics_ref, thetas = self.server.evaluate_deployed.options(num_returns=2).remote(entries)
-            keys = [s.key for s, _ in todo]
+            keys = [s.key for s, _, _ in todo]
             scores = [a.evaluate.remote(keys, thetas) for a in self.actors]
-            eval_refs = (metrics_ref, scores)
-        # wait once for everything issued in this cycle
-        results: list[Any] = []
-        if eval_refs is not None:
-            from raysim.metrics import fairness_from_scores
-
-            try:
-                metrics, per_actor_scores = ray.get(eval_refs[0]), ray.get(eval_refs[1])
-            except Exception as exc:  # noqa: BLE001 - the pool itself failed
-                self.broken = self.broken or isinstance(exc, ray.exceptions.RayActorError)
-                results = [exc] * len(todo)
-            else:
-                for i in range(len(todo)):
-                    bad = next((x for x in [metrics[i]] + [sc[i] for sc in per_actor_scores]
-                                if isinstance(x, SlotError)), None)
-                    if bad is not None:
-                        results.append(SlotFailed(bad.message))
-                        continue
-                    out = dict(metrics[i])
-                    out.update(fairness_from_scores([sc[i] for sc in per_actor_scores]))
-                    results.append(out)
-        dt = time.perf_counter() - t0
-        for i, (_, _, fut) in enumerate(evals):
-            r = results[i]
-            if isinstance(r, Exception):
-                fut.set_exception(r)
-            else:
-                r["evaluation_s"] = dt
-                fut.set_result(r)
+            self.evaluator.put((metrics_ref, scores, [fut for _, _, fut in todo], set(closing.values()), t0))
         if round_ref is not None:
             try:
                 rows = ray.get(round_ref)
@@ -488,12 +471,38 @@ class WarmPool:
                 s.step = ends[s.key]
                 row["round"] = math.ceil(s.step / s.spr)
                 row["round_s"] = dt
-                ev = None
-                if s.key in closing:
-                    ev = results[closing[s.key]]
-                    if isinstance(ev, dict):
-                        ev["evaluation_s"] = 0.0     # done within the round's cycle (round_s holds it)
-                fut.set_result((row, ev))
+                # the evaluation that closes this round: a future, resolved by the evaluation thread
+                fut.set_result((row, closing.get(s.key)))
+
+    def _await_evaluations(self) -> None:
+        """The pool's evaluation thread: resolves the evaluation futures of each cycle, in order
+        (the metrics from the server, the fairness from the client actors' per-client scores)."""
+        from raysim.metrics import fairness_from_scores
+
+        while True:
+            item = self.evaluator.get()
+            if item is None:
+                return
+            metrics_ref, scores, futs, closing, t0 = item
+            try:
+                metrics, per_actor_scores = ray.get(metrics_ref), ray.get(scores)
+            except Exception as exc:  # noqa: BLE001 - the pool itself failed
+                self.broken = self.broken or isinstance(exc, ray.exceptions.RayActorError)
+                for fut in futs:
+                    fut.set_exception(exc)
+                continue
+            dt = time.perf_counter() - t0
+            for i, fut in enumerate(futs):
+                bad = next((x for x in [metrics[i]] + [sc[i] for sc in per_actor_scores]
+                            if isinstance(x, SlotError)), None)
+                if bad is not None:
+                    fut.set_exception(SlotFailed(bad.message))
+                    continue
+                out = dict(metrics[i])
+                out.update(fairness_from_scores([sc[i] for sc in per_actor_scores]))
+                # an evaluation that closes a round is timed within the round (round_s holds it)
+                out["evaluation_s"] = 0.0 if fut in closing else dt
+                fut.set_result(out)
 
 
 class SlotFailed(RuntimeError):
@@ -630,7 +639,7 @@ class WarmSimulation:
             fut = self.pool.batcher.submit_round(self.slot)
         row, ev = fut.result()
         self._step = int(row["step"])
-        # the evaluation that closes this round came with it; evaluate() hands it over
+        # the evaluation that closes this round was issued with it (a future); evaluate() waits for it
         self._evaluated = (self._step, ev)
         if self._ahead(row):
             self._next = self.pool.batcher.submit_round(self.slot)
@@ -666,9 +675,7 @@ class WarmSimulation:
         self._evaluated = None
         if done is not None and done[0] == self._step and done[1] is not None \
                 and final == (self._step >= self.total_steps):
-            if isinstance(done[1], Exception):
-                raise done[1]
-            return done[1]
+            return done[1].result()
         if self._next is not None:
             raise RuntimeError("internal: an evaluation was asked for while the next round runs ahead")
         return self.pool.batcher.submit_eval(self.slot, final).result()
