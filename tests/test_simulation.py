@@ -54,3 +54,30 @@ print(up, row["round"], ray.is_initialized())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-3:] == ["True", "1", "False"], out.stdout
+
+
+def test_a_local_ray_instance_is_stopped_whole_monitor_first(tmp_path):
+    """stop_local_ray kills Ray's autoscaler monitor before ray.shutdown (which stops the GCS
+    first; the monitor then waited on it until a SIGTERM timeout, a second per local run), and
+    no process of the instance outlives it. Fails if Ray's private node object changes shape
+    (stop_local_ray then falls back to the plain, slower shutdown)."""
+    code = """
+import os, ray
+from raysim.cluster.driver import start_local_ray, stop_local_ray
+start_local_ray(1.0, logging_level="ERROR", log_to_driver=False)
+node = ray._private.worker._global_node
+procs = {t: [i.process for i in infos] for t, infos in node.all_processes.items()}
+monitor = procs["monitor"][0]
+seen = {}
+real = ray.shutdown
+def shutdown(*a, **k):
+    seen["monitor_alive"] = monitor.poll() is None
+    return real(*a, **k)
+ray.shutdown = shutdown
+stop_local_ray()
+alive = [t for t, ps in procs.items() for p in ps if p.poll() is None]
+print(seen["monitor_alive"], ray.is_initialized(), alive)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False False []", out.stdout

@@ -149,7 +149,9 @@ class StudySection(_Model):
     description: str = Field("", description="What the study asks")
     n_trials: int = Field(20, ge=1, description="Total trials; a resumed study only runs the missing ones")
     timeout: Optional[float] = Field(None, gt=0, description="Stop starting new trials after this many seconds")
-    parallel: int = Field(1, ge=1, description="Trials run at once on Ray (each in its own placement group)")
+    parallel: int = Field(1, ge=1, description="Trials run at once: warm (default), trials batched together on "
+                                               "the study's pool; with --cold, trials each in their own "
+                                               "placement group")
     sampler: Literal["tpe", "random", "nsga2"] = Field(
         "tpe", description="Optuna sampler (tpe also handles several objectives; nsga2 is for several)")
     pruner: Literal["median", "hyperband", "none"] = Field(
