@@ -451,9 +451,12 @@ class WarmPool:
             # calls to an actor in order), so each evaluation sees the state after its round;
             # their results are awaited by the pool's evaluation thread while the next cycle runs
             entries = [(s.key, final) for s, final, _ in todo]
-            metrics_ref, thetas = self.server.evaluate_deployed.options(num_returns=2).remote(entries)
+            # the deployed models first (cheap): the client actors' scores, then the server's
+            # metrics; so each actor's next training call waits behind its scoring only
+            thetas = self.server.deployed.remote(entries)
             keys = [s.key for s, _, _ in todo]
             scores = [a.evaluate.remote(keys, thetas) for a in self.actors]
+            metrics_ref = self.server.evaluate.remote(entries)
             self.evaluator.put((metrics_ref, scores, [fut for _, _, fut in todo], set(closing.values()), t0))
         if round_ref is not None:
             try:
