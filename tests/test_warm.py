@@ -88,6 +88,38 @@ def test_three_batched_warm_runs_equal_three_cold_runs(cold_runs, tmp_path):
     assert warm[3].summary["seed"] == 7 and warm[3].summary["final"]["val_r2"] != warm[0].summary["final"]["val_r2"]
 
 
+def test_batched_runs_with_checkpoints_and_a_diverging_mate_equal_their_cold_runs(cold_runs, tmp_path):
+    """Rounds run ahead of the run loop (WarmSimulation.ahead) never cross a checkpoint or
+    outlive a diverged round: a checkpointing run batched with one that diverges at round 3
+    gives the metrics and checkpoints of its cold run, and the diverging run stops where its
+    cold run stops, with the same rows."""
+    from raysim import checkpoint as ckpt
+    from raysim.cluster.warm import WarmFederation
+    from raysim.runner import run
+
+    ck = _cfg(tmp_path / "ck", "algorithm.eta_theta=0.05", "run.checkpoint_every=2")
+    div = ["algorithm.eta_theta=3.0"]
+    cold_div = run(_cfg(tmp_path / "cold-div", *div))
+    assert cold_div.summary["status"] == "diverged" and cold_div.summary["rounds_run"] == 3
+    fed = WarmFederation()
+    try:
+        with ThreadPoolExecutor(2) as ex:
+            warm_ck, warm_div = ex.map(lambda c: run(c, simulation=fed.simulation),
+                                       [ck, _cfg(tmp_path / "warm-div", *div)])
+        pool = next(iter(fed.pools.values()))
+        assert pool.batcher.max_batch == 2 and pool.busy() == 0
+    finally:
+        fed.shutdown()
+    assert_same_metrics(cold_runs[0].metrics, warm_ck.metrics)
+    assert [r for r, _ in ckpt.list_checkpoints(warm_ck.run_dir)] == [4, 2]    # newest first
+    assert warm_div.summary["status"] == "diverged" and warm_div.summary["status_reason"] == \
+        cold_div.summary["status_reason"]
+    pd.testing.assert_series_equal(warm_div.metrics["round"], cold_div.metrics["round"])
+    for c in ("train_loss", "r2", "val_r2", "density"):
+        np.testing.assert_allclose(warm_div.metrics[c].to_numpy(float), cold_div.metrics[c].to_numpy(float),
+                                   rtol=1e-5, equal_nan=True, err_msg=c)
+
+
 def test_data_fingerprint_keys_the_data_and_layout_only():
     from raysim.cluster.warm import data_fingerprint
 
