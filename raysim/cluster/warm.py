@@ -385,7 +385,11 @@ class WarmPool:
     def shutdown(self) -> None:
         self.closed = True
         self.batcher.stop()
+        # let the results thread see the calls already issued through (the evaluations of a
+        # stopped run's last rounds may still run): killing actors under them makes Ray report
+        # each lost call
         self.results.put(None)
+        self.results_thread.join(timeout=30)
         for a in self.actors:
             ray.kill(a)
         ray.kill(self.server)
