@@ -89,10 +89,10 @@ def test_three_batched_warm_runs_equal_three_cold_runs(cold_runs, tmp_path):
 
 
 def test_batched_runs_with_checkpoints_and_a_diverging_mate_equal_their_cold_runs(cold_runs, tmp_path):
-    """Rounds run ahead of the run loop (WarmSimulation.ahead) never cross a checkpoint or
-    outlive a diverged round: a checkpointing run batched with one that diverges at round 3
-    gives the metrics and checkpoints of its cold run, and the diverging run stops where its
-    cold run stops, with the same rows."""
+    """Rounds queued ahead of the run loop (WarmSimulation.ahead) never cross a checkpoint or
+    run after a diverged round: a checkpointing run batched with one that diverges at round 3
+    gives the metrics and checkpoints of its cold run, and the diverging run (batched, and
+    alone) stops where its cold run stops, with the same rows and the same saved model."""
     from raysim import checkpoint as ckpt
     from raysim.cluster.warm import WarmFederation
     from raysim.runner import run
@@ -108,6 +108,8 @@ def test_batched_runs_with_checkpoints_and_a_diverging_mate_equal_their_cold_run
                                        [ck, _cfg(tmp_path / "warm-div", *div)])
         pool = next(iter(fed.pools.values()))
         assert pool.batcher.max_batch == 2 and pool.busy() == 0
+        # alone on the pool, the round queued behind the diverged one would be issued at once
+        solo_div = run(_cfg(tmp_path / "solo-div", *div), simulation=fed.simulation)
     finally:
         fed.shutdown()
     assert_same_metrics(cold_runs[0].metrics, warm_ck.metrics)
@@ -118,6 +120,11 @@ def test_batched_runs_with_checkpoints_and_a_diverging_mate_equal_their_cold_run
     for c in ("train_loss", "r2", "val_r2", "density"):
         np.testing.assert_allclose(warm_div.metrics[c].to_numpy(float), cold_div.metrics[c].to_numpy(float),
                                    rtol=1e-5, equal_nan=True, err_msg=c)
+    # the saved model is the diverged round's, not that of a round queued behind it
+    for w in (warm_div, solo_div):
+        assert w.summary["rounds_run"] == 3 and w.summary["final"]["nnz"] == cold_div.summary["final"]["nnz"]
+        np.testing.assert_allclose(np.load(w.run_dir / "model.npz")["theta"],
+                                   np.load(cold_div.run_dir / "model.npz")["theta"], rtol=1e-5)
 
 
 def test_data_fingerprint_keys_the_data_and_layout_only():

@@ -304,6 +304,9 @@ class _Slot:
         self.step = 0
         self.payload: Any = None        # (object ref, position in it or None)
         self.waiting = False
+        #: the last round done diverged: the run stops there, so no round queued behind it is
+        #: issued (the server keeps that round's state for the run's final model and evaluation)
+        self.halted = False
 
 
 class WarmPool:
@@ -477,6 +480,7 @@ class WarmPool:
         round's evaluation), then its evaluations (the metrics from the server, the fairness
         from the client actors' per-client scores)."""
         from raysim.metrics import fairness_from_scores
+        from raysim.outcome import divergence
 
         while True:
             item = self.results.get()
@@ -498,6 +502,8 @@ class WarmPool:
                             continue
                         row["round"] = math.ceil(ends[sl.key] / sl.spr)
                         row["round_s"] = dt
+                        # before cycle_done() lets the batcher issue the next cycle
+                        sl.halted = divergence(row, sl.cfg.run.divergence_limit) is not None
                         fut.set_result((row, closing.get(sl.key)))
                 finally:
                     self.batcher.cycle_done()
@@ -603,7 +609,7 @@ class _Batcher:
         waiting = {s.key for s, _ in self.rounds} | {s.key for s, _, _ in self.evals}
         # the open runs that still have rounds to ask for (a finished run writing its files
         # does not hold the others up)
-        open_keys = {k for k, s in list(self.pool.slots.items()) if s.step < s.total_steps}
+        open_keys = {k for k, s in list(self.pool.slots.items()) if s.step < s.total_steps and not s.halted}
         return open_keys <= waiting or time.perf_counter() - (self.first or 0) >= self.linger_s
 
     def _loop(self) -> None:
@@ -621,11 +627,17 @@ class _Batcher:
                     for _, _, fut in self.evals:
                         fut.set_exception(err)
                     return
-                # one round per slot: a run with two rounds queued gets its second in the next cycle
-                rounds, later, keys = [], [], set()
+                # one round per slot: a run with two rounds queued gets its second in the next
+                # cycle; a round queued behind a diverged one is dropped unrun
+                rounds, later, keys, dropped = [], [], set(), []
                 for r in self.rounds:
+                    if r[0].halted:
+                        dropped.append(r[1])
+                        continue
                     (later if r[0].key in keys else rounds).append(r)
                     keys.add(r[0].key)
+                for fut in dropped:
+                    fut.cancel()
                 evals = self.evals
                 self.rounds, self.evals = later, []
                 self.first = time.perf_counter() if later else None
@@ -745,6 +757,9 @@ class WarmSimulation:
         if done is not None and done[0] == self._step and done[1] is not None \
                 and final == (self._step >= self.total_steps):
             return done[1].result()
+        if self._next and self.slot.halted:     # the rounds queued behind a diverged one: never run
+            self.pool.batcher.cancel(self.slot)
+            self._settle()
         if self._next:
             raise RuntimeError("internal: an evaluation was asked for while the next round runs ahead")
         return self.pool.batcher.submit_eval(self.slot, final).result()
@@ -774,6 +789,7 @@ class WarmSimulation:
         if step != sd["step"]:
             raise RuntimeError(f"checkpoint inconsistent: server at step {step}, driver at {sd['step']}")
         self.slot.step = self._step = int(sd["step"])
+        self.slot.halted = False
         self._queued_round = math.ceil(self._step / self.steps_per_round)
         self.slot.payload = (self.pool.server.payload.remote(self.slot.key), None)
 
