@@ -280,6 +280,12 @@ class PoolServer:
         for the driver and the deployed models for the client actors' fairness scores."""
         return self.evaluate(entries), self.deployed(entries)
 
+    def apply_end(self, entries: list[tuple], keys: list[str], deployed: list[tuple[str, bool]],
+                  *outputs) -> tuple[Any, list[Any], list[Any]]:
+        """The last step of a cycle's rounds in one call (three return objects): :meth:`apply`,
+        :meth:`end_round` of ``keys`` and :meth:`deployed` of ``deployed``."""
+        return self.apply(entries, *outputs), self.end_round(keys), self.deployed(deployed) if deployed else []
+
     def state_dict(self, key: str) -> dict[str, Any]:
         return self.cores[key].state_dict()
 
@@ -411,8 +417,18 @@ class WarmPool:
         were made, so every call of a cycle (its rounds, then its evaluations) runs before
         those of the next."""
         t0 = time.perf_counter()
-        round_ref = metrics_ref = scores = None
+        round_ref = metrics_ref = scores = thetas = None
         ends = {s.key: min(s.step + s.spr, s.total_steps) for s, _ in rounds}
+        # evaluations: the explicit ones, then those that close a round of this cycle
+        todo = [(s, final, fut) for s, final, fut in evals]
+        closing: dict[str, Future] = {}
+        for s, _ in rounds:
+            end = ends[s.key]
+            rnd = math.ceil(end / s.spr)
+            if rnd % s.cfg.run.eval_every == 0 or end >= s.total_steps:
+                closing[s.key] = Future()
+                todo.append((s, end >= s.total_steps, closing[s.key]))
+        entries_eval = [(s.key, final) for s, final, _ in todo]
         if rounds:
             n_ticks = max(ends[s.key] - s.step for s, _ in rounds)
             for k in range(n_ticks):
@@ -443,30 +459,24 @@ class WarmPool:
                 outs = [self.actors[a].train.remote(per_actor[a][0], *per_actor[a][1]) for a in order]
                 entries = [(s.key, s.step + k, int(sel.n_selected), [(index[a], j) for a, j in w])
                            for s, sel, w in zip(active, sels, where)]
-                bundle = self.server.apply.remote(entries, *outs)
+                if k < n_ticks - 1:
+                    bundle = self.server.apply.remote(entries, *outs)
+                else:   # the last step, the end of the rounds and the deployed models: one server call
+                    bundle, round_ref, thetas = self.server.apply_end.options(num_returns=3).remote(
+                        entries, [s.key for s, _ in rounds], entries_eval, *outs)
                 for i, s in enumerate(active):
                     s.payload = (bundle, i)
-            round_ref = self.server.end_round.remote([s.key for s, _ in rounds])
-        # evaluations: the explicit ones, then those that close a round of this cycle
-        todo = [(s, final, fut) for s, final, fut in evals]
-        closing: dict[str, Future] = {}
-        for s, _ in rounds:
-            end = ends[s.key]
-            rnd = math.ceil(end / s.spr)
-            if rnd % s.cfg.run.eval_every == 0 or end >= s.total_steps:
-                closing[s.key] = Future()
-                todo.append((s, end >= s.total_steps, closing[s.key]))
         if todo:
             # issued after this cycle's rounds and before the next cycle's (Ray runs one caller's
-            # calls to an actor in order), so each evaluation sees the state after its round;
-            # their results are awaited by the pool's evaluation thread while the next cycle runs
-            entries = [(s.key, final) for s, final, _ in todo]
-            # the deployed models first (cheap): the client actors' scores, then the server's
-            # metrics; so each actor's next training call waits behind its scoring only
-            thetas = self.server.deployed.remote(entries)
+            # calls to an actor in order), so each evaluation sees the state after its round:
+            # the deployed models first (cheap; with the rounds' last step when there are rounds),
+            # the client actors' scores, then the server's metrics, so each actor's next training
+            # call waits behind its scoring only
+            if thetas is None:
+                thetas = self.server.deployed.remote(entries_eval)
             keys = [s.key for s, _, _ in todo]
             scores = [a.evaluate.remote(keys, thetas) for a in self.actors]
-            metrics_ref = self.server.evaluate.remote(entries)
+            metrics_ref = self.server.evaluate.remote(entries_eval)
         if round_ref is not None:
             for sl, _ in rounds:
                 sl.step = ends[sl.key]     # issued: the slot's next round starts there
