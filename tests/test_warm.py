@@ -117,14 +117,16 @@ def test_batched_runs_with_checkpoints_and_a_diverging_mate_equal_their_cold_run
     assert warm_div.summary["status"] == "diverged" and warm_div.summary["status_reason"] == \
         cold_div.summary["status_reason"]
     pd.testing.assert_series_equal(warm_div.metrics["round"], cold_div.metrics["round"])
-    for c in ("train_loss", "r2", "val_r2", "density"):
+    for c in ("train_loss", "r2", "val_r2", "density"):   # exploding values: rtol 1e-4, as for the model below
         np.testing.assert_allclose(warm_div.metrics[c].to_numpy(float), cold_div.metrics[c].to_numpy(float),
-                                   rtol=1e-5, equal_nan=True, err_msg=c)
-    # the saved model is the diverged round's, not that of a round queued behind it
+                                   rtol=1e-4, equal_nan=True, err_msg=c)
+    # the saved model is the diverged round's, not that of a round queued behind it (which
+    # differs by orders of magnitude); its weights are ~1e5, so float32 rounding of the batched
+    # sums shows at about 1e-5 relative: rtol 1e-4
     for w in (warm_div, solo_div):
         assert w.summary["rounds_run"] == 3 and w.summary["final"]["nnz"] == cold_div.summary["final"]["nnz"]
         np.testing.assert_allclose(np.load(w.run_dir / "model.npz")["theta"],
-                                   np.load(cold_div.run_dir / "model.npz")["theta"], rtol=1e-5)
+                                   np.load(cold_div.run_dir / "model.npz")["theta"], rtol=1e-4)
 
 
 def test_data_fingerprint_keys_the_data_and_layout_only():
