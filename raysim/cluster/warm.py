@@ -36,10 +36,10 @@ import hashlib
 import json
 import math
 import os
+import queue
 import threading
 import time
 import traceback
-import queue
 import uuid
 from collections import OrderedDict, deque
 from concurrent.futures import Future
@@ -274,11 +274,6 @@ class PoolServer:
             except Exception as exc:  # noqa: BLE001
                 out.append(_err(exc))
         return out
-
-    def evaluate_deployed(self, entries: list[tuple[str, bool]]) -> tuple[list[Any], list[Any]]:
-        """:meth:`evaluate` and :meth:`deployed` in one call (two return objects): the metrics
-        for the driver and the deployed models for the client actors' fairness scores."""
-        return self.evaluate(entries), self.deployed(entries)
 
     def apply_end(self, entries: list[tuple], keys: list[str], deployed: list[tuple[str, bool]],
                   *outputs) -> tuple[Any, list[Any], list[Any]]:
@@ -651,6 +646,8 @@ class _Batcher:
                 evals = self.evals
                 self.rounds, self.evals = later, []
                 self.first = time.perf_counter() if later else None
+            if not (rounds or evals):    # all that was queued was dropped
+                continue
             t0 = time.perf_counter()
             try:
                 self.pool.cycle(rounds, evals)
@@ -734,21 +731,17 @@ class WarmSimulation:
     def _may_queue(self, row: dict[str, Any] | None) -> bool:
         """Queue the next round now? Only when the run loop will ask for it with nothing in
         between that needs the server state of an earlier round: not past the last round,
-        not after a diverged round (the loop stops there), not past a checkpoint, and not
-        when the round just handed over was to be evaluated and was not (the loop may still
-        ask for that evaluation)."""
-        from raysim.outcome import divergence
-
+        not after a diverged round (the loop stops there; the pool's results thread marked
+        the slot halted when the row came in), not past a checkpoint, and not when the round
+        just handed over was to be evaluated and was not (the loop may still ask for that
+        evaluation)."""
         cfg = self.cfg
         q = self._queued_round + 1
-        if q > self.total_rounds:
+        if q > self.total_rounds or self.slot.halted:
             return False
         handed = math.ceil(self._step / self.steps_per_round)
-        if row is not None:
-            if divergence(row, cfg.run.divergence_limit) is not None:
-                return False
-            if handed % cfg.run.eval_every == 0 and self._evaluated[1] is None:
-                return False
+        if row is not None and handed % cfg.run.eval_every == 0 and self._evaluated[1] is None:
+            return False
         k = cfg.run.checkpoint_every
         # a checkpoint after round c (taken once the loop has round c) needs nothing queued past c
         return not (k and any(c % k == 0 for c in range(max(handed, 1), q)))
