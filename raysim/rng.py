@@ -16,6 +16,7 @@ Two tools:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Iterable
 
@@ -26,6 +27,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
+@functools.lru_cache(maxsize=256)
 def purpose_code(purpose: str) -> int:
     """Stable 63-bit integer for a purpose string (python's ``hash`` is salted per process)."""
     return int.from_bytes(hashlib.blake2b(purpose.encode(), digest_size=8).digest(), "little") >> 1
@@ -40,10 +42,28 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def _mix_int(x: int) -> int:
+    """:func:`_mix` of one 64-bit value, in Python integers (the same bits)."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+@functools.lru_cache(maxsize=4096)
+def _base_key(seed: int, purpose: str, step: int) -> np.uint64:
+    """The key of ``(seed, purpose, step)`` that each client id is mixed into."""
+    base = _mix_int((seed & _MASK) ^ purpose_code(purpose))
+    return np.uint64(_mix_int((base + (step & _MASK) * 0x9E3779B97F4A7C15) & _MASK))
+
+
 def _keys(seed: int, purpose: str, client_ids: np.ndarray, step: int) -> np.ndarray:
+    base = _base_key(int(seed), purpose, int(step))
     with np.errstate(over="ignore"):
-        base = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) ^ np.uint64(purpose_code(purpose)))
-        base = _mix(base + np.uint64(step & 0xFFFFFFFFFFFFFFFF) * _GOLDEN)
         ids = np.asarray(client_ids, dtype=np.int64).astype(np.uint64)
         return _mix(base + (ids + np.uint64(1)) * _M1)
 

@@ -168,3 +168,20 @@ def test_tune_check_and_error_exit_codes(tmp_path, capsys):
     bad.write_text('[study]\nname = "x"\n[space]\n"algorithm.eta_theta" = { low = 0.1, high = 0.01 }\n')
     assert main(["tune", str(bad), "--check"]) == 2
     assert "swap them" in capsys.readouterr().err
+
+
+def test_trials_asked_together_use_the_constant_liar_unless_the_study_file_says_otherwise():
+    """TPE runs with Optuna's constant liar when trials run at once (batched trials asked from the
+    same history would otherwise cluster); study.constant_liar overrides it either way."""
+    from raysim.tuning.study import make_sampler
+
+    def liar(spec, parallel):
+        s = make_sampler(spec, 0, parallel)
+        assert isinstance(s, optuna.samplers.TPESampler)
+        return s._constant_liar
+
+    assert liar(_spec(), 1) is False and liar(_spec(), 8) is True
+    assert liar(_spec(study={"name": "t", "constant_liar": False}), 8) is False
+    assert liar(_spec(study={"name": "t", "constant_liar": True}), 1) is True
+    with pytest.raises(ConfigError, match="constant_liar"):
+        _spec(study={"name": "t", "constant_liar": "often"})

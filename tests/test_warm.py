@@ -84,8 +84,38 @@ def test_three_batched_warm_runs_equal_three_cold_runs(cold_runs, tmp_path):
         assert (w.run_dir / "model.npz").exists() and (w.run_dir / "clients.csv").exists()
         np.testing.assert_allclose(np.load(c.run_dir / "model.npz")["theta"], np.load(w.run_dir / "model.npz")["theta"],
                                    rtol=1e-5, atol=1e-7)
+        # clients.csv of a warm run comes from its final evaluation (no second round trip)
+        cc, wc = pd.read_csv(c.run_dir / "clients.csv"), pd.read_csv(w.run_dir / "clients.csv")
+        assert cc["client"].tolist() == wc["client"].tolist()
+        np.testing.assert_allclose(cc["score"], wc["score"], rtol=1e-5, atol=1e-7)
     assert_same_metrics(cold_runs[0].metrics, again.metrics)
     assert warm[3].summary["seed"] == 7 and warm[3].summary["final"]["val_r2"] != warm[0].summary["final"]["val_r2"]
+
+
+def test_the_final_evaluation_gives_the_closing_model_and_client_scores(ray_session, tmp_path):
+    """After its last round and final evaluation, a warm run's closing model and per-client
+    scores are the ones its final evaluation sent and received (no second round trip), and they
+    equal what the server and the actors compute when asked again."""
+    from raysim.cluster.warm import WarmFederation
+
+    fed = WarmFederation()
+    try:
+        sim = fed.simulation(_cfg(tmp_path / "w"))
+        assert sim._final_eval() is None
+        for _ in range(sim.total_rounds):
+            sim.run_round()
+            ev = sim.evaluate(final=sim.step >= sim.total_steps)
+        assert "val_r2" in ev and sim._final_eval() is not None
+        theta, scores = sim.deployed(final=True), sim.client_scores()
+        sim.slot.final_eval = None          # the round-trip path
+        theta2, scores2 = sim.deployed(final=True), sim.client_scores()
+        np.testing.assert_array_equal(theta, theta2)
+        assert [i.tolist() for i, _ in scores] == [i.tolist() for i, _ in scores2]
+        for (_, a), (_, b) in zip(scores, scores2):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        sim.close()
+    finally:
+        fed.shutdown()
 
 
 def test_batched_runs_with_checkpoints_and_a_diverging_mate_equal_their_cold_runs(cold_runs, tmp_path):

@@ -308,6 +308,10 @@ class _Slot:
         #: the last round done diverged: the run stops there, so no round queued behind it is
         #: issued (the server keeps that round's state for the run's final model and evaluation)
         self.halted = False
+        #: the run's final evaluation (after its last step): (step, the cycle's deployed models
+        #: (object ref), this run's index in them, its per-actor client scores). The run's
+        #: closing model and clients.csv are these: no second round trip to the actors
+        self.final_eval: tuple[int, Any, int, list] | None = None
 
 
 class WarmPool:
@@ -477,7 +481,9 @@ class WarmPool:
                 sl.step = ends[sl.key]     # issued: the slot's next round starts there
             self.results.put(("rounds", round_ref, rounds, ends, closing, t0))
         if todo:
-            self.results.put(("evals", metrics_ref, scores, [fut for _, _, fut in todo], set(closing.values()), t0))
+            finals = [(s, ends.get(s.key, s.step)) if final else None for s, final, _ in todo]
+            self.results.put(("evals", metrics_ref, scores, [fut for _, _, fut in todo], set(closing.values()), t0,
+                              thetas, finals))
 
     def _await_results(self) -> None:
         """The pool's results thread: resolves the futures of each issued cycle, in the order
@@ -513,7 +519,7 @@ class WarmPool:
                 finally:
                     self.batcher.cycle_done()
                 continue
-            _, metrics_ref, scores, futs, closing, t0 = item
+            _, metrics_ref, scores, futs, closing, t0, thetas, finals = item
             try:
                 metrics, per_actor_scores = ray.get(metrics_ref), ray.get(scores)
             except Exception as exc:  # noqa: BLE001 - the pool itself failed
@@ -529,7 +535,11 @@ class WarmPool:
                     fut.set_exception(SlotFailed(bad.message))
                     continue
                 out = dict(metrics[i])
-                out.update(fairness_from_scores([sc[i] for sc in per_actor_scores]))
+                mine = [sc[i] for sc in per_actor_scores]
+                out.update(fairness_from_scores(mine))
+                if finals[i] is not None:
+                    sl, step = finals[i]
+                    sl.final_eval = (step, thetas, i, mine)
                 # an evaluation that closes a round is timed within the round (round_s holds it)
                 out["evaluation_s"] = 0.0 if fut in closing else dt
                 fut.set_result(out)
@@ -767,13 +777,25 @@ class WarmSimulation:
             raise RuntimeError("internal: an evaluation was asked for while the next round runs ahead")
         return self.pool.batcher.submit_eval(self.slot, final).result()
 
+    def _final_eval(self) -> tuple | None:
+        """The run's final evaluation when it is of the model the server holds now."""
+        fe = self.slot.final_eval
+        return fe if fe is not None and fe[0] == self.slot.step and not self._next else None
+
     def deployed(self, final: bool = True) -> np.ndarray:
-        th = ray.get(self.pool.server.deployed.remote([(self.slot.key, final)]))[0]
+        fe = self._final_eval() if final else None
+        if fe is not None:   # the final model, already sent to the actors for the final evaluation
+            th = ray.get(fe[1])[fe[2]]
+        else:
+            th = ray.get(self.pool.server.deployed.remote([(self.slot.key, final)]))[0]
         if isinstance(th, SlotError):
             raise SlotFailed(th.message)
         return th
 
     def client_scores(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        fe = self._final_eval()
+        if fe is not None:   # the final evaluation's scores: the same model on the same clients
+            return list(fe[3])
         thetas = self.pool.server.deployed.remote([(self.slot.key, True)])
         out = ray.get([a.evaluate.remote([self.slot.key], thetas) for a in self.pool.actors])
         bad = next((o[0] for o in out if isinstance(o[0], SlotError)), None)
@@ -793,6 +815,7 @@ class WarmSimulation:
             raise RuntimeError(f"checkpoint inconsistent: server at step {step}, driver at {sd['step']}")
         self.slot.step = self._step = int(sd["step"])
         self.slot.halted = False
+        self.slot.final_eval = None
         self._queued_round = math.ceil(self._step / self.steps_per_round)
         self.slot.payload = (self.pool.server.payload.remote(self.slot.key), None)
 

@@ -156,6 +156,10 @@ class StudySection(_Model):
         "tpe", description="Optuna sampler (tpe also handles several objectives; nsga2 is for several)")
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median", description="Pruner on the per-round intermediate values (single objective only)")
+    constant_liar: Optional[bool] = Field(
+        None, description="TPE: while trials run, count each as a bad result so that trials asked at the same "
+                          "time spread out instead of sampling the same region (Optuna's constant liar); "
+                          "default: on when trials run at once (parallel > 1), off for one at a time")
     n_startup_trials: int = Field(5, ge=0, description="Trials before the sampler and median pruner act")
     n_warmup_rounds: int = Field(2, ge=0, description="Median pruner: rounds before a trial may be pruned")
     seed: int = Field(0, ge=0, description="Sampler seed")

@@ -195,9 +195,11 @@ class StudyLock:
 NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 
 
-def make_sampler(spec: StudySpec, offset: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, offset: int = 0, parallel: int = 1) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded with ``study.seed + offset``: a resumed study passes the number
-    of trials already in the storage, so it never draws the first trials' parameters again."""
+    of trials already in the storage, so it never draws the first trials' parameters again.
+    TPE uses Optuna's constant liar when ``study.constant_liar`` says so (default: when
+    ``parallel`` trials run at once)."""
     s = spec.study
     seed = s.seed + int(offset)
     cons = {} if NATIVE_CONSTRAINTS else {"constraints_func": constraints_func}
@@ -205,7 +207,10 @@ def make_sampler(spec: StudySpec, offset: int = 0) -> optuna.samplers.BaseSample
         return optuna.samplers.RandomSampler(seed=seed)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, **cons)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, **cons)
+    liar = s.constant_liar if s.constant_liar is not None else parallel > 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, constant_liar=liar, **cons)
 
 
 def make_pruner(spec: StudySpec, rounds: int) -> optuna.pruners.BasePruner:
@@ -218,8 +223,9 @@ def make_pruner(spec: StudySpec, rounds: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=s.n_startup_trials, n_warmup_steps=s.n_warmup_rounds + 1)
 
 
-def open_study(spec: StudySpec, location: str, rounds: int = 10) -> optuna.Study:
-    """Create or load the study in its storage; checks that an existing one matches the spec."""
+def open_study(spec: StudySpec, location: str, rounds: int = 10, parallel: int = 1) -> optuna.Study:
+    """Create or load the study in its storage; checks that an existing one matches the spec
+    (``parallel``: trials run at once, for the sampler)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials are reported by the runner itself
     storage = open_storage(location)
     directions = spec.objective.directions
@@ -231,7 +237,7 @@ def open_study(spec: StudySpec, location: str, rounds: int = 10) -> optuna.Study
         offset = 0
     try:
         study = optuna.create_study(study_name=spec.study.name, storage=storage, directions=directions,
-                                    sampler=make_sampler(spec, offset), pruner=make_pruner(spec, rounds),
+                                    sampler=make_sampler(spec, offset, parallel), pruner=make_pruner(spec, rounds),
                                     load_if_exists=True)
     except ValueError as exc:
         raise ConfigError(f"storage {mask_storage(location)} holds a study named {spec.study.name!r} that does not match "
@@ -552,7 +558,7 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
     console = _console(progress)
     for w in problems:
         console.print(f"[yellow]warning:[/] {w}")
-    study = open_study(spec, location, rounds=base_cfg.run.rounds)
+    study = open_study(spec, location, rounds=base_cfg.run.rounds, parallel=k)
     stale = fail_stale_trials(study)
     if stale:
         console.print(f"resuming: trial(s) {', '.join(map(str, stale))} were left running by a killed study; "
