@@ -4,6 +4,7 @@ batched (the default) and cold (``--cold``: fresh actors in a placement group pe
     python scripts/bench_study.py                                   # lr-ratios: 48 trials each way
     python scripts/bench_study.py --warm-trials 48 --cold-trials 8 --parallel 8 --cold-parallel 2
     python scripts/bench_study.py --skip-stress                     # the study only
+    python scripts/bench_study.py --long-trials 480                 # and a 480-trial warm study
 
 Both modes run the same number of trials by default: with its own Ray, a mode's one-off costs
 (Ray's start and stop, the warm pool's start) are spread over its trials, so a cold study of
@@ -67,8 +68,18 @@ def bench_study(study: str, n: int, parallel: int, cold: bool, out: Path) -> dic
     for t in res.study.get_trials():
         states[t.state.name] = states.get(t.state.name, 0) + 1
     return {"mode": "cold" if cold else "warm", "trials": res.n_new, "parallel": parallel, "wall_s": round(wall, 1),
-            "per_hour": round(res.n_new / wall * 3600, 1), "states": states, "load_before": before,
-            "load_after": load()}
+            "per_hour": round(res.n_new / wall * 3600, 1), "states": states, "timing": res.timing,
+            "load_before": before, "load_after": load()}
+
+
+def _split(r: dict) -> str:
+    """Where a study's wall time went (``StudyResult.timing``)."""
+    t = r.get("timing") or {}
+    parts = [f"Ray start {t.get('ray_start_s', 0):.1f} s"]
+    if r["mode"] == "warm":
+        parts.append(f"pool start {t.get('pools_start_s', 0):.1f} s")
+    parts += [f"trials {t.get('trials_s', 0):.1f} s", f"stop {t.get('ray_stop_s', 0):.1f} s"]
+    return ", ".join(parts)
 
 
 def bench_stress(cold: bool, parallel: int, out: Path) -> dict:
@@ -126,6 +137,9 @@ def main() -> int:
     ap.add_argument("--ray", choices=("own", "shared", "both"), default="both",
                     help="own: each mode starts its own local Ray (counted); shared: both modes on one Ray "
                          "instance started first (not counted); both (default)")
+    ap.add_argument("--long-trials", type=int, default=0,
+                    help="also run a warm study of this many trials with its own Ray, and compare its rate "
+                         "with the cold own-Ray rate of this run (how the ratio grows with the study's size)")
     ap.add_argument("--out", help="folder for the studies and grids (default: a temporary folder)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -151,9 +165,23 @@ def main() -> int:
             for r in rows:
                 print(f"  {r['mode']:<5} {r['trials']:>4} trials  {r['parallel']} at a time  {r['wall_s']:>8.1f} s  "
                       f"{r['per_hour']:>9.1f} trials/hour   ({r['load_before']})")
+                print(f"        {_split(r)}")
             if len(rows) == 2:
                 results[f"study_speedup_{ray_mode}_ray"] = rows[0]["per_hour"] / rows[1]["per_hour"]
                 print(f"  warm / cold: {results[f'study_speedup_{ray_mode}_ray']:.1f}x trials/hour", flush=True)
+        if args.long_trials:
+            r = bench_study(args.study, args.long_trials, args.parallel, False, out / "study-warm-long")
+            print(json.dumps(r), flush=True)
+            results["study_long_own_ray"] = r
+            print(f"\nstudy {Path(args.study).name}, a longer warm study with its own Ray (counted)")
+            print(f"  warm  {r['trials']:>4} trials  {r['parallel']} at a time  {r['wall_s']:>8.1f} s  "
+                  f"{r['per_hour']:>9.1f} trials/hour   ({r['load_before']})")
+            print(f"        {_split(r)}")
+            cold = [x for x in results.get("study_own_ray", []) if x["mode"] == "cold"]
+            if cold:
+                results["study_long_speedup_own_ray"] = r["per_hour"] / cold[0]["per_hour"]
+                print(f"  against the cold own-Ray rate above ({cold[0]['per_hour']:.1f} trials/hour, "
+                      f"{cold[0]['trials']} trials): {results['study_long_speedup_own_ray']:.1f}x", flush=True)
     if not args.skip_stress:
         rows = [bench_stress(False, args.parallel, out / "stress-warm")]
         print(json.dumps(rows[-1]), flush=True)

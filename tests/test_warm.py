@@ -291,6 +291,11 @@ def test_study_trials_share_one_pool_and_pruned_trials_free_their_slot(ray_sessi
         pools.add(layout["actors"][0]["warm_pool"])
         runs.append(layout["actors"][0]["pool_runs"])
     assert len(pools) == 1 and sorted(runs) == list(range(1, 8))
+    # where the study's time went: one pool started, its seconds and the trials' add up to the wall time
+    tm = res.timing
+    assert set(tm) == {"ray_start_s", "pools_start_s", "ray_stop_s", "trials_s"}
+    assert tm["pools_start_s"] > 0 and tm["trials_s"] > 0 and min(tm.values()) >= 0
+    assert sum(tm.values()) == pytest.approx(res.wall_s, abs=0.01)
 
 
 def test_batched_local_sgd_trials_equal_their_solo_runs(ray_session, tmp_path):

@@ -847,6 +847,7 @@ class WarmFederation:
         self.building: dict[str, threading.Event] = {}
         self.cv = threading.Condition()
         self.built = 0
+        self.build_s = 0.0      # seconds the pools built so far took to start (actors and data)
         self.evicted = 0
 
     def simulation(self, cfg: Config) -> WarmSimulation:
@@ -899,6 +900,7 @@ class WarmFederation:
         with self.cv:
             self.pools[fp] = pool
             self.built += 1
+            self.build_s += pool.build_s
             return pool
 
     def _evict(self, fp: str) -> None:

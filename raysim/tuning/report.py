@@ -202,6 +202,15 @@ def _report_md(study: optuna.Study, s: dict[str, Any], best_df: pd.DataFrame, im
     if s.get("first_start_to_last_end_s"):
         lines.append(f"First trial start to last trial end: {s['first_start_to_last_end_s']:.0f} s, "
                      f"{s['trials_per_hour']:.0f} trials per hour.")
+    ls = s.get("last_session") or {}
+    if ls.get("wall_s") and "trials_s" in ls:
+        parts = [f"Ray start {ls.get('ray_start_s', 0):.1f} s"]
+        if ls.get("warm"):
+            parts.append(f"warm pools' start {ls.get('pools_start_s', 0):.1f} s")
+        parts += [f"trials {ls['trials_s']:.1f} s", f"stop {ls.get('ray_stop_s', 0):.1f} s"]
+        lines.append(f"Last session: {ls.get('new_trials', 0)} trials in {ls['wall_s']:.1f} s "
+                     f"({'warm' if ls.get('warm') else 'cold'}, {ls.get('parallel', 1)} at a time): "
+                     + ", ".join(parts) + ".")
     if "best" in s:
         b = s["best"]
         vals = ", ".join(f"{k} = {v:.5g}" for k, v in b["values"].items())

@@ -44,7 +44,7 @@ import shutil
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +389,10 @@ class StudyResult:
     wall_s: float
     stale: list[int]
     report: dict[str, Any]
+    #: where the wall time went: ``ray_start_s`` (``ray.init``: a local Ray started, or a running
+    #: one joined), ``pools_start_s`` (warm: the pools' actors and data), ``ray_stop_s`` (the
+    #: pools' and a local Ray's stop) and ``trials_s`` (the rest: the trials themselves)
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 class _TrialRunner:
@@ -568,6 +572,7 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
     console.print(f"study [bold]{spec.study.name}[/]: {done} of {total} trials finished, running {remaining} "
                   f"({k} at a time); storage {mask_storage(location)}")
     t0 = time.perf_counter()
+    timing: dict[str, float] = {}
 
     def optimize(runner: "_TrialRunner") -> None:
         bar = _Bar(remaining, console, spec)
@@ -583,17 +588,24 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
     elif remaining and not cold:
         from raysim.cluster.warm import WarmFederation
 
+        t = time.perf_counter()
         started = init_ray_for([base_cfg], 1)
+        timing["ray_start_s"] = time.perf_counter() - t
         fed = WarmFederation()
         try:
             check_resources(base_cfg)
             optimize(_TrialRunner(spec, study_dir, overrides, queue.Queue(), federation=fed))
         finally:
+            timing["pools_start_s"] = fed.build_s
+            t = time.perf_counter()
             fed.shutdown()
             if started:
                 shutdown_ray()
+            timing["ray_stop_s"] = time.perf_counter() - t
     elif remaining:   # cold: one placement group and fresh actors per trial
+        t = time.perf_counter()
         started = init_ray_for([base_cfg], k)
+        timing["ray_start_s"] = time.perf_counter() - t
         reporters: queue.Queue = queue.Queue()
         actors = []
         try:
@@ -608,19 +620,25 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
                 reporters.put(actor)
             optimize(_TrialRunner(spec, study_dir, overrides, reporters))
         finally:
+            t = time.perf_counter()
             for a in actors:
                 kill(a)
             if started:
                 shutdown_ray()
+            timing["ray_stop_s"] = time.perf_counter() - t
     wall = time.perf_counter() - t0
+    if timing:
+        timing["trials_s"] = max(0.0, wall - sum(timing.values()))
+        timing = {k: round(v, 3) for k, v in timing.items()}
     n_new = finished_count(study) - done
     rep: dict[str, Any] = {}
     if report:
         from raysim.tuning.report import write_report
 
-        rep = write_report(study, study_dir, session={"wall_s": wall, "new_trials": n_new, "parallel": k})
+        rep = write_report(study, study_dir, session={"wall_s": wall, "new_trials": n_new, "parallel": k,
+                                                      "warm": not cold, **timing})
         console.print(f"report: {study_dir / 'report'}")
-    return StudyResult(study, study_dir, location, n_new, wall, stale, rep)
+    return StudyResult(study, study_dir, location, n_new, wall, stale, rep, timing)
 
 
 def _write_meta(spec: StudySpec, study_dir: Path, location: str) -> None:
