@@ -68,9 +68,10 @@ def test_stress_dry_run_lists_cells(tmp_path):
 
 def test_tune_dry_run_prints_the_plan(tmp_path):
     p = raysim_cmd("tune", "tuning/lr-ratios.toml", "--out", str(tmp_path / "t"), "--n-trials", "5", "--dry-run",
-                   env_extra=NO_RAY)
+                   "--parallel", "4", env_extra=NO_RAY)
     assert p.returncode == 0, p.stderr
-    assert "would run 5 new trial(s) (0 of 5 already finished)" in p.stdout
+    assert "would run 5 new trial(s) (0 of 5 already finished), 4 at a time" in p.stdout
+    assert "sampler tpe (constant liar on), pruner median" in p.stdout
     assert str(tmp_path / "t" / "study.journal") in p.stdout and "dry run: nothing started" in p.stdout
     assert not (tmp_path / "t").exists()
 

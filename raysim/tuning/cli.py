@@ -92,7 +92,7 @@ def _dry_run_plan(spec, args: argparse.Namespace) -> str:
     if it exists; starts no Ray)."""
     from pathlib import Path
 
-    from raysim.tuning.study import FINISHED, open_storage, storage_location, study_dir_for
+    from raysim.tuning.study import FINISHED, constant_liar, open_storage, storage_location, study_dir_for
 
     study_dir = study_dir_for(spec, args.out)
     location = storage_location(spec, study_dir, args.storage)
@@ -106,8 +106,13 @@ def _dry_run_plan(spec, args: argparse.Namespace) -> str:
             done = len(st.get_trials(deepcopy=False, states=FINISHED))
         except KeyError:   # the storage holds no study of that name yet
             done = 0
+    k = args.parallel or spec.study.parallel
+    s = spec.study
+    sampler = s.sampler
+    if s.sampler == "tpe":
+        sampler += f" (constant liar {'on' if constant_liar(spec, k) else 'off'})"
     return (f"would run {max(total - done, 0)} new trial(s) ({done} of {total} already finished), "
-            f"{args.parallel or spec.study.parallel} at a time\n"
+            f"{k} at a time; sampler {sampler}, pruner {s.pruner if not spec.objective.multi else 'none'}\n"
             f"  storage: {location}\n  study folder: {study_dir}\ndry run: nothing started")
 
 
@@ -121,6 +126,10 @@ def _print_summary(summary: dict, study_dir) -> None:
     if sess.get("wall_s"):
         c.print(f"this session: {sess.get('new_trials')} trials in {sess['wall_s']:.0f} s "
                 f"({sess.get('trials_per_hour', 0):.0f} trials/hour, {sess.get('parallel')} at a time)")
+        if "trials_s" in sess:
+            c.print(f"  time: Ray start {sess.get('ray_start_s', 0):.1f} s"
+                    + (f", warm pools' start {sess.get('pools_start_s', 0):.1f} s" if sess.get("warm") else "")
+                    + f", trials {sess['trials_s']:.1f} s, stop {sess.get('ray_stop_s', 0):.1f} s")
     if "best" in summary:
         b = summary["best"]
         vals = ", ".join(f"{k}={v:.5g}" for k, v in b["values"].items())

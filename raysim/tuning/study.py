@@ -195,6 +195,12 @@ class StudyLock:
 NATIVE_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
 
 
+def constant_liar(spec: StudySpec, parallel: int) -> bool:
+    """Does TPE use the constant liar? ``study.constant_liar``, else when trials run at once."""
+    s = spec.study
+    return s.constant_liar if s.constant_liar is not None else parallel > 1
+
+
 def make_sampler(spec: StudySpec, offset: int = 0, parallel: int = 1) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded with ``study.seed + offset``: a resumed study passes the number
     of trials already in the storage, so it never draws the first trials' parameters again.
@@ -207,7 +213,7 @@ def make_sampler(spec: StudySpec, offset: int = 0, parallel: int = 1) -> optuna.
         return optuna.samplers.RandomSampler(seed=seed)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, **cons)
-    liar = s.constant_liar if s.constant_liar is not None else parallel > 1
+    liar = constant_liar(spec, parallel)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, constant_liar=liar, **cons)
