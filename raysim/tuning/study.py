@@ -635,7 +635,7 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
     wall = time.perf_counter() - t0
     if timing:
         timing["trials_s"] = max(0.0, wall - sum(timing.values()))
-        timing = {k: round(v, 3) for k, v in timing.items()}
+        timing = {name: round(v, 3) for name, v in timing.items()}
     n_new = finished_count(study) - done
     rep: dict[str, Any] = {}
     if report:
