@@ -643,7 +643,6 @@ def _run_study(spec: StudySpec, *, n_trials: int | None, timeout: float | None, 
 
         rep = write_report(study, study_dir, session={"wall_s": wall, "new_trials": n_new, "parallel": k,
                                                       "warm": not cold, **timing})
-        console.print(f"report: {study_dir / 'report'}")
     return StudyResult(study, study_dir, location, n_new, wall, stale, rep, timing)
 
 
