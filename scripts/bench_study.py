@@ -74,12 +74,9 @@ def bench_study(study: str, n: int, parallel: int, cold: bool, out: Path) -> dic
 
 def _split(r: dict) -> str:
     """Where a study's wall time went (``StudyResult.timing``)."""
-    t = r.get("timing") or {}
-    parts = [f"Ray start {t.get('ray_start_s', 0):.1f} s"]
-    if r["mode"] == "warm":
-        parts.append(f"pool start {t.get('pools_start_s', 0):.1f} s")
-    parts += [f"trials {t.get('trials_s', 0):.1f} s", f"stop {t.get('ray_stop_s', 0):.1f} s"]
-    return ", ".join(parts)
+    from raysim.tuning.report import time_split
+
+    return time_split({**(r.get("timing") or {}), "warm": r["mode"] == "warm"})
 
 
 def bench_stress(cold: bool, parallel: int, out: Path) -> dict:

@@ -127,9 +127,9 @@ def _print_summary(summary: dict, study_dir) -> None:
         c.print(f"this session: {sess.get('new_trials')} trials in {sess['wall_s']:.0f} s "
                 f"({sess.get('trials_per_hour', 0):.0f} trials/hour, {sess.get('parallel')} at a time)")
         if "trials_s" in sess:
-            c.print(f"  time: Ray start {sess.get('ray_start_s', 0):.1f} s"
-                    + (f", warm pools' start {sess.get('pools_start_s', 0):.1f} s" if sess.get("warm") else "")
-                    + f", trials {sess['trials_s']:.1f} s, stop {sess.get('ray_stop_s', 0):.1f} s")
+            from raysim.tuning.report import time_split
+
+            c.print(f"  time: {time_split(sess)}")
     if "best" in summary:
         b = summary["best"]
         vals = ", ".join(f"{k}={v:.5g}" for k, v in b["values"].items())

@@ -53,6 +53,8 @@ def _metric_names(study: optuna.Study) -> list[str]:
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, objective value(s), parameters and the trial facts."""
+    from raysim.tuning.study import interrupted
+
     names = _metric_names(study)
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -77,7 +79,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["duration_s"] = t.duration.total_seconds() if t.duration is not None else None
         # run outcome (raysim.outcome): ok, diverged, empty_model, no_participation; interrupted trials
         # that were queued again say so
-        row["status"] = ua.get("status") or ("interrupted" if ua.get("interrupted") or ua.get("requeued") else
+        row["status"] = ua.get("status") or ("interrupted" if interrupted(t) else
                                              ("ok" if t.state in (TrialState.COMPLETE, TrialState.PRUNED) else None))
         row["error"] = ua.get("error")
         rows.append(row)
@@ -193,6 +195,16 @@ def _summary(study: optuna.Study, df: pd.DataFrame, best: list[FrozenTrial], nam
     return out
 
 
+def time_split(timing: dict[str, Any]) -> str:
+    """Where a study session's wall time went, in words (``StudyResult.timing``; ``warm``:
+    the session ran on warm pools, whose start is then listed)."""
+    parts = [f"Ray start {timing.get('ray_start_s', 0):.1f} s"]
+    if timing.get("warm"):
+        parts.append(f"warm pools' start {timing.get('pools_start_s', 0):.1f} s")
+    parts += [f"trials {timing.get('trials_s', 0):.1f} s", f"stop {timing.get('ray_stop_s', 0):.1f} s"]
+    return ", ".join(parts)
+
+
 def _report_md(study: optuna.Study, s: dict[str, Any], best_df: pd.DataFrame, imp: pd.DataFrame | None,
                names: list[str]) -> str:
     lines = [f"# Study `{study.study_name}`", ""]
@@ -204,13 +216,9 @@ def _report_md(study: optuna.Study, s: dict[str, Any], best_df: pd.DataFrame, im
                      f"{s['trials_per_hour']:.0f} trials per hour.")
     ls = s.get("last_session") or {}
     if ls.get("wall_s") and "trials_s" in ls:
-        parts = [f"Ray start {ls.get('ray_start_s', 0):.1f} s"]
-        if ls.get("warm"):
-            parts.append(f"warm pools' start {ls.get('pools_start_s', 0):.1f} s")
-        parts += [f"trials {ls['trials_s']:.1f} s", f"stop {ls.get('ray_stop_s', 0):.1f} s"]
         lines.append(f"Last session: {ls.get('new_trials', 0)} trials in {ls['wall_s']:.1f} s "
                      f"({'warm' if ls.get('warm') else 'cold'}, {ls.get('parallel', 1)} at a time): "
-                     + ", ".join(parts) + ".")
+                     + time_split(ls) + ".")
     if "best" in s:
         b = s["best"]
         vals = ", ".join(f"{k} = {v:.5g}" for k, v in b["values"].items())
