@@ -304,7 +304,6 @@ class _Slot:
         self.spr = spr
         self.step = 0
         self.payload: Any = None        # (object ref, position in it or None)
-        self.waiting = False
         #: the last round done diverged: the run stops there, so no round queued behind it is
         #: issued (the server keeps that round's state for the run's final model and evaluation)
         self.halted = False
@@ -481,7 +480,7 @@ class WarmPool:
                 sl.step = ends[sl.key]     # issued: the slot's next round starts there
             self.results.put(("rounds", round_ref, rounds, ends, closing, t0))
         if todo:
-            finals = [(s, ends.get(s.key, s.step)) if final else None for s, final, _ in todo]
+            finals = [(s, s.step) if final else None for s, final, _ in todo]   # s.step: after this cycle's round
             self.results.put(("evals", metrics_ref, scores, [fut for _, _, fut in todo], set(closing.values()), t0,
                               thetas, finals))
 
@@ -571,7 +570,6 @@ class _Batcher:
         self.stopped = False
         self.cycles = 0
         self.max_batch = 0          # most runs one train call carried so far
-        self.busy_s = 0.0           # seconds spent issuing cycles
         self.in_flight = 0          # cycles with rounds issued and not yet done
         self.thread = threading.Thread(target=self._loop, name=f"raysim-warm-{pool.fingerprint}", daemon=True)
         self.thread.start()
@@ -658,11 +656,9 @@ class _Batcher:
                 self.first = time.perf_counter() if later else None
             if not (rounds or evals):    # all that was queued was dropped
                 continue
-            t0 = time.perf_counter()
             try:
                 self.pool.cycle(rounds, evals)
                 self.cycles += 1
-                self.busy_s += time.perf_counter() - t0
                 if rounds:
                     with self.cv:
                         self.in_flight += 1
