@@ -88,6 +88,15 @@ def plan_rows(data: StackedClients, idx: torch.Tensor, ids: np.ndarray, epochs: 
     return {"ids": ids, "n": n, "b": b, "spe": spe, "steps": steps, "perms": torch.stack(perms), "E": epochs}
 
 
+def delta_partial(c: torch.Tensor, delta: torch.Tensor, ids: np.ndarray, loss0: np.ndarray, n: torch.Tensor,
+                  steps: torch.Tensor, extra: dict[str, Any]) -> Partial:
+    """One run's partial of a round of local training: its clients' model changes ``delta``
+    summed with weights ``c`` (float64), and the per-client facts."""
+    return Partial(sums={"delta": (c.double()[:, None] * delta.double()).sum(0).cpu().numpy()},
+                   weight=float(c.double().sum()), client_ids=ids, client_loss=loss0, client_n=n.cpu().numpy(),
+                   client_steps=steps.cpu().numpy().astype(np.float64), extra=extra)
+
+
 def hard_threshold(v: torch.Tensor, m: int) -> torch.Tensor:
     """H_m: keep the m largest |v| of each row (of the last axis), zero the rest."""
     if m >= v.shape[-1]:
@@ -240,11 +249,9 @@ class LocalTraining(Algorithm):
         c = client_weights(n, self.cfg.weighting).to(dev)
         extra = {"up_bytes": self.upload_bytes(payload, th, delta)}
         extra.update(self.extra_sums(theta, th, delta, c, loss0, plan))
-        return Partial(
-            sums={"delta": (c.double()[:, None] * delta.double()).sum(0).cpu().numpy()},
-            weight=float(c.double().sum()), client_ids=plan["ids"], client_loss=loss0.cpu().numpy(),
-            client_n=n.cpu().numpy(), client_steps=plan["steps"].cpu().numpy().astype(np.float64),
-            compute_s=time.perf_counter() - t0, extra=extra)
+        part = delta_partial(c, delta, plan["ids"], loss0.cpu().numpy(), n, plan["steps"], extra)
+        part.compute_s = time.perf_counter() - t0
+        return part
 
     #: the client-side methods a fused pass reproduces (a subclass overriding any of them is
     #: trained alone: FedProx, SER, FedIter-HT, FedAvg-prune, FedEBA, FLoPS-PA); upload_bytes
@@ -304,11 +311,8 @@ class LocalTraining(Algorithm):
             n = d.n[idx]
             c = client_weights(n, algo.cfg.weighting).to(dev)
             dk = delta[a: a + k]
-            out.append(Partial(
-                sums={"delta": (c.double()[:, None] * dk.double()).sum(0).cpu().numpy()},
-                weight=float(c.double().sum()), client_ids=ids, client_loss=loss0[a: a + k],
-                client_n=n.cpu().numpy(), client_steps=steps.cpu().numpy().astype(np.float64),
-                extra={"up_bytes": algo.upload_bytes(payload, th[a: a + k], dk)}))
+            out.append(delta_partial(c, dk, ids, loss0[a: a + k], n, steps,
+                                     {"up_bytes": algo.upload_bytes(payload, th[a: a + k], dk)}))
             a += k
         dt = time.perf_counter() - t0
         for part in out:
